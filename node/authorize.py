@@ -1,0 +1,106 @@
+"""Deciding, from evidence the node checks itself, whether a request may run.
+
+Order matters only for which refusal is reported first; every check runs
+before any data is read or any budget is touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from node.config import NodeConfig
+from tessera import approvals, requests, templates
+from tessera.errors import Refusal
+from tessera.templates.model import Mode, ParamValue, Template
+
+# What each client role may call. An operator may also read the audit log.
+ROLE_METHODS = {
+    "coordinator": {"Describe", "Execute", "GetBudget", "ProtocolRound"},
+    "operator": {"Describe", "Execute", "GetBudget", "ProtocolRound", "ExportAudit"},
+}
+
+
+@dataclass(frozen=True)
+class Authorized:
+    template: Template
+    digest: str
+    request: requests.QueryRequest
+    params: dict[str, ParamValue]
+    approvers: list[str]
+
+
+def check_peer(cfg: NodeConfig, identity: str | None, method: str) -> str:
+    role = cfg.role_of(identity)
+    if role is None:
+        raise Refusal(
+            "PERMISSION_DENIED", "this client certificate is not allowed by the node's config"
+        )
+    if method not in ROLE_METHODS[role]:
+        raise Refusal("PERMISSION_DENIED", f"the {role} role may not call {method}")
+    return role
+
+
+def authorize(
+    cfg: NodeConfig,
+    template_bytes: bytes,
+    signed_approvals: list[approvals.Approval],
+    signed: requests.SignedRequest,
+    now: datetime,
+) -> Authorized:
+    try:
+        request = requests.verify(signed)
+    except requests.RequestError as e:
+        raise Refusal("INVALID_ARGUMENT", str(e)) from None
+    except requests.RequestSignatureError as e:
+        raise Refusal("UNAUTHENTICATED", str(e)) from None
+
+    digest = templates.digest_of_bytes(template_bytes)
+    if digest != request.template_digest:
+        raise Refusal(
+            "UNAUTHENTICATED",
+            "the analyst signed this request for a different template than the one sent",
+        )
+    try:
+        template = templates.parse_canonical(template_bytes)
+    except templates.TemplateError as e:
+        raise Refusal("INVALID_ARGUMENT", f"template {e}") from None
+
+    analyst = template.analyst(request.analyst_key)
+    try:
+        approvers = approvals.check(
+            digest,
+            signed_approvals,
+            cfg.trusted_approvers,
+            cfg.approvers.threshold,
+            requester_key=request.analyst_key,
+            requester_name=analyst.name if analyst else None,
+        )
+    except approvals.ApprovalRefused as e:
+        raise Refusal(e.code, e.message) from None
+
+    if template.access.expires < now.date():
+        raise Refusal("FAILED_PRECONDITION", f"the template expired on {template.access.expires}")
+    if analyst is None:
+        raise Refusal("PERMISSION_DENIED", "the template does not allow this analyst")
+    try:
+        requests.check_fresh(request, now)
+    except requests.StaleRequest as e:
+        raise Refusal("FAILED_PRECONDITION", str(e)) from None
+    if cfg.organisation not in request.audience:
+        raise Refusal("PERMISSION_DENIED", "the request is not addressed to this node")
+    if template.dataset not in cfg.datasets:
+        raise Refusal("FAILED_PRECONDITION", f"this node does not host {template.dataset}")
+    if template.purpose not in cfg.accepted_purposes:
+        raise Refusal(
+            "PERMISSION_DENIED", f"this node does not accept the purpose {template.purpose}"
+        )
+    if request.mode is Mode.PER_NODE and not template.access.per_node_breakdown:
+        raise Refusal("PERMISSION_DENIED", "the template does not permit per-node answers")
+    if request.mode is Mode.SECURE_AGGREGATION:
+        raise Refusal("UNIMPLEMENTED", "secure aggregation is not available in this version")
+    try:
+        params = templates.bind(template, request.params)
+    except templates.ParamError as e:
+        raise Refusal("INVALID_ARGUMENT", str(e)) from None
+    return Authorized(template, digest, request, params, approvers)

@@ -1,0 +1,88 @@
+"""Wiring for a node process: build everything from config in main(argv, environ)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from node import config as node_config
+from node.catalog import DatasetCatalog
+from node.ledger import Ledger
+from node.service import NodeService
+from node.servicer import NodeServicer
+from tessera import serving
+from tessera.clock import Clock, SystemClock
+from tessera.keys import SigningKey
+from tessera.tls import TlsFiles
+from tessera.wire.v1 import node_pb2, node_pb2_grpc
+
+SERVICE_NAME = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+
+
+@dataclass
+class RunningNode:
+    service: NodeService
+    running: serving.Running
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.running.stop(grace)
+        self.service.ledger.close()
+        self.service.catalog.close()
+
+
+def build_service(cfg: node_config.NodeConfig, clock: Clock) -> NodeService:
+    key = SigningKey.load(cfg.signing_key)
+    catalog = DatasetCatalog(cfg.data_dir)
+    ledger = Ledger(cfg.state_dir / "ledger.sqlite", key, clock)
+    return NodeService(cfg, catalog, ledger, key, clock)
+
+
+def start(cfg: node_config.NodeConfig, clock: Clock | None = None) -> RunningNode:
+    service = build_service(cfg, clock or SystemClock())
+    tls = TlsFiles(cfg.tls.cert, cfg.tls.key, cfg.tls.ca).load()
+    servicer = NodeServicer(service)
+    running = serving.serve(
+        address=cfg.listen,
+        tls=tls,
+        register=lambda s: node_pb2_grpc.add_NodeServiceServicer_to_server(servicer, s),
+        service_names=[SERVICE_NAME],
+        max_message_bytes=cfg.max_message_bytes,
+        max_workers=cfg.max_workers,
+    )
+    return RunningNode(service, running)
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tessera node serve")
+    parser.add_argument("--config", type=Path, required=True)
+    args = parser.parse_args(argv)
+    return serve_forever(node_config.load(args.config))
+
+
+def serve_forever(cfg: node_config.NodeConfig) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    node = start(cfg)
+    # One JSON line on stdout says the node is ready and where (port 0 picks a free one).
+    print(json.dumps({"ready": True, "organisation": cfg.organisation, "port": node.port}),
+          flush=True)  # fmt: skip
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Noise and privacy loss: the only module of the node that imports OpenDP.
+
+Aggregation happens in DuckDB; OpenDP gets only the small vector of exact cell
+values. For each released measure the noise scale is found with OpenDP's
+binary search so that the privacy map, at the sensitivity the template's
+bounds imply, stays within the template's declared cost. The loss charged is
+what that map says. Pure ε uses discrete Laplace (L1); ρ uses discrete
+Gaussian under zCDP (L2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import opendp.prelude as dp
+from opendp.accuracy import (
+    discrete_gaussian_scale_to_accuracy,
+    discrete_laplacian_scale_to_accuracy,
+)
+
+from tessera.templates.model import Privacy, Sensitivity
+
+dp.enable_features("contrib")
+
+IntVector = npt.NDArray[np.int64]
+# OpenDP's float maps can land a hair above the nominal value (see dependency notes).
+_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class Loss:
+    kind: str  # "epsilon" or "rho"
+    value: float
+
+
+@dataclass(frozen=True)
+class NoisyVector:
+    name: str
+    values: IntVector
+    scale: float
+    variance: float
+    ci95_half_width: float
+    ci975_half_width: float
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A measure's mechanism, ready to apply: scale and the loss OpenDP's map gives."""
+
+    name: str
+    kind: str
+    scale: float
+    sensitivity: Sensitivity
+    loss: float
+
+
+def _laplace(scale: float) -> Any:
+    space = dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64")
+    return dp.m.make_laplace(*space, scale=scale)
+
+
+def _gaussian(scale: float) -> Any:
+    space = dp.vector_domain(dp.atom_domain(T="i64")), dp.l2_distance(T="f64")
+    return dp.m.make_gaussian(*space, scale=scale)
+
+
+def _d_in(kind: str, s: Sensitivity) -> Any:
+    # L1 sensitivities of integer vectors are whole numbers; L2 may not be.
+    return int(round(s.l1)) if kind == "epsilon" else float(s.l2)
+
+
+@lru_cache(maxsize=1024)
+def _calibrate(kind: str, l1: float, l2: float, budget: float) -> tuple[float, float]:
+    make = _laplace if kind == "epsilon" else _gaussian
+    d_in = _d_in(kind, Sensitivity(l1, l2))
+    scale = float(dp.binary_search_param(make, d_in=d_in, d_out=budget))
+    loss = float(make(scale).map(d_in))
+    if loss > budget * (1 + _TOLERANCE):
+        raise ValueError("OpenDP could not calibrate a mechanism within the declared cost")
+    return scale, loss
+
+
+def calibrate(privacy: Privacy, sensitivities: dict[str, Sensitivity]) -> list[Calibration]:
+    """Split the template's cost evenly over its measures and calibrate each."""
+    kind, total = ("epsilon", privacy.epsilon) if privacy.epsilon is not None else ("rho", privacy.rho)
+    assert total is not None
+    share = total / len(sensitivities)
+    out = []
+    for name, s in sensitivities.items():
+        scale, loss = _calibrate(kind, s.l1, s.l2, share)
+        out.append(Calibration(name, kind, scale, s, loss))
+    return out
+
+
+def total_loss(calibrations: list[Calibration]) -> Loss:
+    """Measures are released together: their losses add (basic composition,
+    which holds for pure ε and for zCDP ρ alike)."""
+    return Loss(calibrations[0].kind, math.fsum(c.loss for c in calibrations))
+
+
+def add_noise(calibration: Calibration, exact: IntVector) -> NoisyVector:
+    make = _laplace if calibration.kind == "epsilon" else _gaussian
+    noisy = np.asarray(make(calibration.scale)(exact.tolist()), dtype=np.int64)
+    return NoisyVector(
+        name=calibration.name,
+        values=noisy,
+        scale=calibration.scale,
+        variance=noise_variance(calibration.kind, calibration.scale),
+        ci95_half_width=_accuracy(calibration.kind, calibration.scale, 0.05),
+        ci975_half_width=_accuracy(calibration.kind, calibration.scale, 0.025),
+    )
+
+
+@lru_cache(maxsize=1024)
+def _accuracy(kind: str, scale: float, alpha: float) -> float:
+    if kind == "epsilon":
+        return float(discrete_laplacian_scale_to_accuracy(scale, alpha))
+    return float(discrete_gaussian_scale_to_accuracy(scale, alpha))
+
+
+def noise_variance(kind: str, scale: float) -> float:
+    """Variance of one cell's noise: exact for discrete Laplace; σ² bounds the
+    discrete Gaussian's variance from above."""
+    if kind == "epsilon":
+        q = math.exp(-1.0 / scale)
+        return 2 * q / (1 - q) ** 2
+    return scale * scale

@@ -1,0 +1,126 @@
+"""NodeService over gRPC: translation between the wire and the domain, nothing more."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+
+from node.service import Answer, DatasetStatus, NodeService
+from tessera import approvals, requests
+from tessera.serving import guarded
+from tessera.tls import peer_identity
+from tessera.wire.v1 import common_pb2, node_pb2, node_pb2_grpc
+
+log = logging.getLogger("tessera.node")
+VERSION = "0.1.0"
+
+
+def _loss(kind: str, value: float) -> common_pb2.PrivacyLoss:
+    return common_pb2.PrivacyLoss(**{kind: value})
+
+
+def _dataset_info(d: DatasetStatus) -> common_pb2.DatasetInfo:
+    kind = "epsilon" if "epsilon" in d.budget_total else "rho"
+    return common_pb2.DatasetInfo(
+        name=d.name,
+        schema_version=d.schema_version,
+        version=d.version,
+        content_sha256=d.content_sha256,
+        budget_total=_loss(kind, d.budget_total[kind]),
+        budget_spent=_loss(kind, d.budget_spent[kind]),
+    )
+
+
+def answer_to_proto(a: Answer) -> node_pb2.ExecuteReply:
+    t = a.template
+    dims = [common_pb2.Dimension(name=d.name, labels=list(d.labels)) for d in t.group_by]
+    measures = [
+        common_pb2.NoisyMeasure(
+            name=m.name,
+            values=list(m.values),
+            variance=m.variance,
+            ci95_half_width=m.ci95_half_width,
+            ci975_half_width=m.ci975_half_width,
+        )
+        for m in a.measures.values()
+    ]
+    cells = [
+        common_pb2.ReleasedCell(labels=list(c.labels), estimate=c.estimate, ci95_low=c.ci95_low,
+                                ci95_high=c.ci95_high, suppressed=c.suppressed)  # fmt: skip
+        for c in a.cells
+    ]
+    answer = node_pb2.Answer(
+        template_digest=a.digest,
+        dataset=t.dataset,
+        dataset_version=a.dataset_version,
+        statistic=t.statistic.kind.value,
+        dimensions=dims,
+        measures=measures,
+        cells=cells,
+        cost=_loss(a.cost.kind, a.cost.value),
+        charged=_loss(a.cost.kind, a.charged),
+        from_cache=a.from_cache,
+    )
+    return node_pb2.ExecuteReply(
+        organisation=a.organisation, answer=answer, audit_seq=a.audit_seq, audit_hash=a.audit_hash
+    )
+
+
+class NodeServicer(node_pb2_grpc.NodeServiceServicer):
+    def __init__(self, service: NodeService) -> None:
+        self.service = service
+
+    def Describe(self, request: Any, context: Any) -> node_pb2.DescribeReply:
+        datasets = guarded(context, lambda: self.service.datasets(peer_identity(context), "Describe"))
+        cfg = self.service.cfg
+        return node_pb2.DescribeReply(
+            organisation=cfg.organisation,
+            datasets=[_dataset_info(d) for d in datasets],
+            accepted_purposes=list(cfg.accepted_purposes),
+            node_key=self.service.key.public.key_id,
+            software_version=VERSION,
+        )
+
+    def GetBudget(self, request: Any, context: Any) -> node_pb2.GetBudgetReply:
+        datasets = guarded(
+            context, lambda: self.service.datasets(peer_identity(context), "GetBudget")
+        )
+        return node_pb2.GetBudgetReply(
+            organisation=self.service.cfg.organisation,
+            datasets=[_dataset_info(d) for d in datasets],
+        )
+
+    def Execute(self, request: Any, context: Any) -> node_pb2.ExecuteReply:
+        signed = requests.SignedRequest(request.request.canonical, request.request.signature)
+        approval_list = [
+            approvals.Approval(a.approver_key, a.signature) for a in request.template.approvals
+        ]
+        answer = guarded(
+            context,
+            lambda: self.service.execute(
+                peer_identity(context), request.template.canonical, approval_list, signed
+            ),
+        )
+        return answer_to_proto(answer)
+
+    def ProtocolRound(self, request: Any, context: Any) -> node_pb2.ProtocolRoundReply:
+        guarded(context, lambda: self.service.check_peer(peer_identity(context), "ProtocolRound"))
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "protocol rounds are not available yet")
+        raise AssertionError("unreachable")
+
+    def ExportAudit(self, request: Any, context: Any) -> node_pb2.ExportAuditReply:
+        guarded(context, lambda: self.service.check_peer(peer_identity(context), "ExportAudit"))
+        limit = min(max(request.limit, 1), 1000)
+        entries = guarded(
+            context, lambda: self.service.ledger.audit_log.export(max(request.from_seq, 1), limit)
+        )
+        return node_pb2.ExportAuditReply(
+            entries=[
+                node_pb2.AuditEntry(seq=e.seq, body=e.body, prev_hash=e.prev_hash, hash=e.hash,
+                                    signature=e.signature)  # fmt: skip
+                for e in entries
+            ],
+            node_key=self.service.key.public.key_id,
+        )

@@ -1,0 +1,118 @@
+"""Approver signatures over a template digest, and the k-of-n check a node makes.
+
+Detached signatures live beside the template file as JSON lines
+(`<template>.toml.sigs`), one {"approver_key", "signature"} per line.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from tessera import keys
+
+
+@dataclass(frozen=True)
+class Approval:
+    approver_key: str
+    signature: bytes
+
+
+class ApprovalRefused(Exception):
+    """`code` is the status name: UNAUTHENTICATED for a signature that fails,
+    PERMISSION_DENIED for too few trusted approvals."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def sign(digest: str, key: keys.SigningKey) -> Approval:
+    return Approval(key.public.key_id, key.sign(keys.TEMPLATE_APPROVAL, bytes.fromhex(digest)))
+
+
+def check(
+    digest: str,
+    approvals: Sequence[Approval],
+    trusted: Mapping[str, str],
+    threshold: int,
+    *,
+    requester_key: str | None = None,
+    requester_name: str | None = None,
+) -> list[str]:
+    """Return the names of the distinct trusted approvers whose signatures count.
+
+    `trusted` maps key id to approver name. An approver who is also the
+    requesting analyst (same key or same name) does not count. Raises
+    ApprovalRefused unless at least `threshold` approvals count.
+    """
+    message = bytes.fromhex(digest)
+    counted: dict[str, str] = {}
+    unknown = 0
+    own = 0
+    for a in approvals:
+        name = trusted.get(a.approver_key)
+        if name is None:
+            unknown += 1
+            continue
+        key = keys.PublicKey.from_id(a.approver_key)
+        if not key.verify(keys.TEMPLATE_APPROVAL, message, a.signature):
+            raise ApprovalRefused(
+                "UNAUTHENTICATED",
+                f"approval by {name} does not verify over this template's digest "
+                "(was the template changed after it was signed?)",
+            )
+        if a.approver_key == requester_key or (
+            requester_name is not None and name.casefold() == requester_name.casefold()
+        ):
+            own += 1
+            continue
+        counted[a.approver_key] = name
+    if len(counted) >= threshold:
+        return sorted(counted.values())
+    if not approvals:
+        raise ApprovalRefused("PERMISSION_DENIED", "the template carries no approver signatures")
+    detail = f"the template has {len(counted)} of the {threshold} approvals this node requires"
+    if unknown:
+        detail += f"; {unknown} signature(s) are by approvers this node does not trust"
+    if own:
+        detail += "; the requesting analyst's own approval does not count"
+    raise ApprovalRefused("PERMISSION_DENIED", detail)
+
+
+def sigs_path(template_path: Path) -> Path:
+    return template_path.with_name(template_path.name + ".sigs")
+
+
+def save(path: Path, approvals: Iterable[Approval]) -> None:
+    lines = [
+        json.dumps(
+            {"approver_key": a.approver_key, "signature": base64.b64encode(a.signature).decode()}
+        )
+        for a in approvals
+    ]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
+def load(path: Path) -> list[Approval]:
+    if not path.exists():
+        return []
+    out = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+            out.append(Approval(str(d["approver_key"]), base64.b64decode(d["signature"])))
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{path}: line {n} is not an approval") from None
+    return out
+
+
+def add(existing: Sequence[Approval], new: Approval) -> list[Approval]:
+    """Add or replace one approver's signature."""
+    return [a for a in existing if a.approver_key != new.approver_key] + [new]

@@ -1,0 +1,51 @@
+"""The `tessera` command. Each subcommand group lives in its own module with a
+`register(subparsers)` function; handlers take (args, environ) and return an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+# Modules that register subcommands, in the order they appear in --help.
+_GROUPS = (
+    "tessera.cli.keys_cmd",
+    "tessera.cli.certs_cmd",
+    "tessera.cli.template_cmd",
+    "tessera.cli.node_cmd",
+    "tessera.cli.audit_cmd",
+    "tessera.cli.synth_cmd",
+    "tessera.cli.coordinator_cmd",
+    "tessera.cli.query_cmd",
+    "tessera.cli.demo_cmd",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tessera", description="Tessera: federated analytics that never holds the data."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in _GROUPS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # group not built yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    env = dict(os.environ if environ is None else environ)
+    code: int = args.handler(args, env)
+    return code
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""TOML configuration read into frozen dataclasses. Unknown keys are errors.
+
+Relative paths are resolved against the config file's folder. Secrets are never
+given inline: a config names the files that hold keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load(cls: type[T], path: Path) -> T:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return build(cls, data, base=path.parent.resolve(), where=str(path))
+
+
+def build(cls: type[T], data: Any, *, base: Path, where: str = "config") -> T:
+    return typing.cast(T, _value(cls, data, base, where))
+
+
+def _value(tp: Any, v: Any, base: Path, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if v is None:
+            return None
+        return _value(args[0], v, base, where)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _dataclass(tp, v, base, where)
+    if origin is tuple:
+        (item, _) = typing.get_args(tp)
+        if not isinstance(v, list):
+            raise ConfigError(f"{where}: must be a list")
+        return tuple(_value(item, x, base, f"{where}[{i}]") for i, x in enumerate(v))
+    if origin in (dict, Mapping):
+        _, item = typing.get_args(tp)
+        if not isinstance(v, dict):
+            raise ConfigError(f"{where}: must be a table")
+        return types.MappingProxyType(
+            {str(k): _value(item, x, base, f"{where}.{k}") for k, x in v.items()}
+        )
+    if tp is Path:
+        if not isinstance(v, str) or not v:
+            raise ConfigError(f"{where}: must be a path")
+        p = Path(v)
+        return p if p.is_absolute() else (base / p)
+    if tp is bool:
+        if not isinstance(v, bool):
+            raise ConfigError(f"{where}: must be true or false")
+        return v
+    if tp is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{where}: must be an integer")
+        return v
+    if tp is float:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ConfigError(f"{where}: must be a number")
+        return float(v)
+    if tp is str:
+        if not isinstance(v, str):
+            raise ConfigError(f"{where}: must be text")
+        return v
+    raise ConfigError(f"{where}: unsupported config type {tp!r}")
+
+
+def _dataclass(cls: type, v: Any, base: Path, where: str) -> Any:
+    if not isinstance(v, dict):
+        raise ConfigError(f"{where}: must be a table")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(v) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in v:
+            kwargs[name] = _value(hints[name], v[name], base, f"{where}.{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}: missing key {name!r}")
+    return cls(**kwargs)
