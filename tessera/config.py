@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import tomli_w
+
 T = TypeVar("T")
 
 
@@ -93,3 +95,24 @@ def _dataclass(cls: type, v: Any, base: Path, where: str) -> Any:
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"{where}: missing key {name!r}")
     return cls(**kwargs)
+
+
+def dump(obj: Any) -> str:
+    """A config dataclass as TOML text, the inverse of `build` (paths written absolute)."""
+    return tomli_w.dumps(_plain(obj))
+
+
+def _plain(v: Any) -> Any:
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return {
+            f.name: _plain(getattr(v, f.name))
+            for f in dataclasses.fields(v)
+            if getattr(v, f.name) is not None
+        }
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, tuple | list):
+        return [_plain(x) for x in v]
+    if isinstance(v, Path):
+        return str(v)
+    return v

@@ -87,8 +87,9 @@ def build_population(rng: Generator, scale: float, reference_date: date) -> Popu
     earliest = day(years_before(reference_date, 18)) + 1  # aged 17 at most on the day
     sizes = council_sizes(scale)
     n = sum(sizes)
-    if n > nhs_number.capacity():
-        most = nhs_number.capacity() / cal.CHILD_POPULATION_AT_SCALE_1
+    capacity = nhs_number.capacity()
+    if n > capacity:
+        most = capacity / cal.CHILD_POPULATION_AT_SCALE_1
         raise ValueError(
             f"scale {scale:g} is too large: the synthetic NHS numbers allow {most:.2f}"
         )

@@ -1,0 +1,102 @@
+"""kill -9 a node process in the middle of a burst of concurrent queries: after a
+restart, the recorded spend covers every answer that reached a client, and the
+audit log verifies."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from node.config import DatasetConfig, NodeConfig
+from tessera import audit, config
+from tests.support import federation as fedlib
+
+
+def _start(cfg_path: Path) -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "node.main", "--config", str(cfg_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # the ready line: no sleeping
+    assert line, "node exited before it was ready"
+    return proc, int(json.loads(line)["port"])
+
+
+def _reap(proc: subprocess.Popen[str]) -> None:
+    proc.wait(timeout=30)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
+def _spent(fed: fedlib.Federation, port: int) -> float:
+    from tessera.wire.v1 import node_pb2
+
+    stub = fedlib.node_stub(fed, port)
+    reply = stub.GetBudget(node_pb2.GetBudgetRequest(), timeout=10)
+    return sum(d.budget_spent.epsilon for d in reply.datasets if d.name == "ssda903")
+
+
+@pytest.mark.slow
+def test_kill_9_mid_burst_never_releases_unpaid_answers(fed: fedlib.Federation) -> None:
+    import dataclasses
+
+    cfg: NodeConfig = fedlib.node_config(fed, "Leeds")
+    cfg = dataclasses.replace(
+        cfg, datasets={"ssda903": DatasetConfig(epsilon=1000.0), "cin": DatasetConfig(rho=1.0)}
+    )
+    fedlib.ingest_council(fed, cfg)
+    cfg_path = fed.root / "leeds.toml"
+    cfg_path.write_text(config.dump(cfg))
+
+    proc, port = _start(cfg_path)
+    signed = fedlib.sign_template(fed.template("cla-by-age-and-placement"), fed.approvers[:2])
+    delivered: list[float] = []
+    lock = threading.Lock()
+    answered = threading.Event()
+
+    def ask(i: int) -> None:
+        day = (date(2016, 1, 1) + timedelta(days=i)).isoformat()
+        stub = fedlib.node_stub(fed, port)
+        try:
+            reply = stub.Execute(fedlib.execute_request(fed, signed, {"on_date": day}), timeout=20)
+        except grpc.RpcError:
+            return
+        with lock:
+            delivered.append(reply.answer.charged.epsilon)
+            if len(delivered) >= 15:
+                answered.set()
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(ask, i) for i in range(200)]
+        answered.wait(timeout=60)
+        os.kill(proc.pid, signal.SIGKILL)
+        _reap(proc)
+        for f in futures:
+            f.result()
+
+    assert delivered, "no answer reached a client before the kill"
+    proc, port = _start(cfg_path)
+    try:
+        spent = _spent(fed, port)
+    finally:
+        proc.terminate()
+        _reap(proc)
+    assert spent >= sum(delivered) - 1e-9
+    result = audit.verify(cfg.state_dir / "ledger.sqlite", fed.node_key.public)
+    assert result.ok, result.problems
+
+
