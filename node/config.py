@@ -45,9 +45,7 @@ class DatasetConfig:
 
     epsilon: float | None = None
     rho: float | None = None
-    sources: Mapping[str, tuple[Path, ...]] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    sources: Mapping[str, tuple[Path, ...]] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)

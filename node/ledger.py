@@ -172,8 +172,14 @@ class Ledger:
         retry_key = self._check_replay(req)
         if retry_key is not None:
             payload = self._payload(retry_key)
-            record = self.audit_log.append_tx({**audit_body, "cost": 0.0, "cached": True,
-                                               "message": "retry of an answered request"})  # fmt: skip
+            record = self.audit_log.append_tx(
+                {
+                    **audit_body,
+                    "cost": 0.0,
+                    "cached": True,
+                    "message": "retry of an answered request",
+                }
+            )
             return Committed(payload, 0.0, True, record)
         existing = self._conn.execute(
             "SELECT payload FROM releases WHERE answer_key = ?", (answer_key,)
@@ -199,15 +205,30 @@ class Ledger:
                 )
             self._conn.execute(
                 "INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (answer_key, release.dataset, release.version, release.template_digest,
-                 json.dumps(release.params, sort_keys=True), release.kind, release.cost,
-                 release.payload, isoformat(self._clock.now())),  # fmt: skip
+                (
+                    answer_key,
+                    release.dataset,
+                    release.version,
+                    release.template_digest,
+                    json.dumps(release.params, sort_keys=True),
+                    release.kind,
+                    release.cost,
+                    release.payload,
+                    isoformat(self._clock.now()),
+                ),
             )
             payload, charged = release.payload, release.cost
         self._conn.execute(
             "INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (req.request_id, req.request_hash, req.analyst, req.nonce, answer_key, charged,
-             isoformat(self._clock.now())),  # fmt: skip
+            (
+                req.request_id,
+                req.request_hash,
+                req.analyst,
+                req.nonce,
+                answer_key,
+                charged,
+                isoformat(self._clock.now()),
+            ),
         )
         record = self.audit_log.append_tx(
             {**audit_body, "cost": charged, "cached": existing is not None}

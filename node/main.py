@@ -74,8 +74,9 @@ def serve_forever(cfg: node_config.NodeConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     node = start(cfg)
     # One JSON line on stdout says the node is ready and where (port 0 picks a free one).
-    print(json.dumps({"ready": True, "organisation": cfg.organisation, "port": node.port}),
-          flush=True)  # fmt: skip
+    print(
+        json.dumps({"ready": True, "organisation": cfg.organisation, "port": node.port}), flush=True
+    )
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

@@ -71,7 +71,7 @@ def _gaussian(scale: float) -> Any:
 
 def _d_in(kind: str, s: Sensitivity) -> Any:
     # L1 sensitivities of integer vectors are whole numbers; L2 may not be.
-    return int(round(s.l1)) if kind == "epsilon" else float(s.l2)
+    return round(s.l1) if kind == "epsilon" else float(s.l2)
 
 
 @lru_cache(maxsize=1024)
@@ -87,7 +87,9 @@ def _calibrate(kind: str, l1: float, l2: float, budget: float) -> tuple[float, f
 
 def calibrate(privacy: Privacy, sensitivities: dict[str, Sensitivity]) -> list[Calibration]:
     """Split the template's cost evenly over its measures and calibrate each."""
-    kind, total = ("epsilon", privacy.epsilon) if privacy.epsilon is not None else ("rho", privacy.rho)
+    kind, total = (
+        ("epsilon", privacy.epsilon) if privacy.epsilon is not None else ("rho", privacy.rho)
+    )
     assert total is not None
     share = total / len(sensitivities)
     out = []

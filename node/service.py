@@ -80,14 +80,16 @@ class NodeService:
             v = self.catalog.latest(name)
             if v is None:
                 continue
-            totals = {k: t for k, t in (("epsilon", ds_cfg.epsilon), ("rho", ds_cfg.rho))
-                      if t is not None}  # fmt: skip
+            totals = {
+                k: t for k, t in (("epsilon", ds_cfg.epsilon), ("rho", ds_cfg.rho)) if t is not None
+            }
             spent = {k: self.ledger.spent(name, v.version, k) for k in totals}
             schema = schemas.dataset(name)
             assert schema is not None
             out.append(
-                DatasetStatus(name, schema.schema_version, v.version, v.content_sha256, totals,
-                              spent)  # fmt: skip
+                DatasetStatus(
+                    name, schema.schema_version, v.version, v.content_sha256, totals, spent
+                )
             )
         return out
 
@@ -119,19 +121,22 @@ class NodeService:
         except sqlite3.Error as e:
             # Disk full, I/O error: refuse rather than answer unpaid.
             log.error("ledger write failed (%s); nothing was released", type(e).__name__)
-            r = Refusal("UNAVAILABLE", "the budget ledger could not be written; nothing released")
-            self._audit_refusal(identity, signed, r, auth=auth)
-            raise r from None
+            down = Refusal("UNAVAILABLE", "the budget ledger could not be written; nothing released")
+            self._audit_refusal(identity, signed, down, auth=auth)
+            raise down from None
 
-    def _answer(self, identity: str | None, auth: Authorized, signed: requests.SignedRequest) -> Answer:
+    def _answer(
+        self, identity: str | None, auth: Authorized, signed: requests.SignedRequest
+    ) -> Answer:
         t = auth.template
         version = self.catalog.latest(t.dataset)
         if version is None:
             raise Refusal("FAILED_PRECONDITION", f"no version of {t.dataset} has been loaded")
         params_json = params_mod.to_json(auth.params)
         answer_key = canonical.sha256_hex(
-            canonical.encode({"d": auth.digest, "p": params_json, "ds": t.dataset,
-                              "v": version.version})  # fmt: skip
+            canonical.encode(
+                {"d": auth.digest, "p": params_json, "ds": t.dataset, "v": version.version}
+            )
         )
         req = RequestRecord(
             auth.request.request_id, signed.hash, auth.request.analyst_key, auth.request.nonce
@@ -161,9 +166,12 @@ class NodeService:
         body["dataset_version"] = version.version
         committed = self.ledger.commit(req, answer_key, release, total, body)
         stored = json.loads(committed.payload)
-        measures = {m["name"]: results.Measure(m["name"], tuple(m["values"]), m["variance"],
-                                               m["ci95"], m["ci975"])
-                    for m in stored["measures"]}  # fmt: skip
+        measures = {
+            m["name"]: results.Measure(
+                m["name"], tuple(m["values"]), m["variance"], m["ci95"], m["ci975"]
+            )
+            for m in stored["measures"]
+        }
         return Answer(
             organisation=self.cfg.organisation,
             template=t,
@@ -196,15 +204,32 @@ class NodeService:
         finally:
             cursor.close()
         noisy = [privacy.add_noise(c, exact[c.name]) for c in calibrations]
-        payload = canonical.encode({
-            "kind": cost.kind,
-            "cost": cost.value,
-            "measures": [{"name": n.name, "values": [int(x) for x in n.values],
-                          "variance": n.variance, "ci95": n.ci95_half_width,
-                          "ci975": n.ci975_half_width} for n in noisy],
-        })  # fmt: skip
-        return NewRelease(answer_key, t.dataset, version.version, auth.digest, params_json,
-                          cost.kind, cost.value, payload)  # fmt: skip
+        payload = canonical.encode(
+            {
+                "kind": cost.kind,
+                "cost": cost.value,
+                "measures": [
+                    {
+                        "name": n.name,
+                        "values": [int(x) for x in n.values],
+                        "variance": n.variance,
+                        "ci95": n.ci95_half_width,
+                        "ci975": n.ci975_half_width,
+                    }
+                    for n in noisy
+                ],
+            }
+        )
+        return NewRelease(
+            answer_key,
+            t.dataset,
+            version.version,
+            auth.digest,
+            params_json,
+            cost.kind,
+            cost.value,
+            payload,
+        )
 
     # -- audit ---------------------------------------------------------------------
 

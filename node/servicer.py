@@ -47,8 +47,13 @@ def answer_to_proto(a: Answer) -> node_pb2.ExecuteReply:
         for m in a.measures.values()
     ]
     cells = [
-        common_pb2.ReleasedCell(labels=list(c.labels), estimate=c.estimate, ci95_low=c.ci95_low,
-                                ci95_high=c.ci95_high, suppressed=c.suppressed)  # fmt: skip
+        common_pb2.ReleasedCell(
+            labels=list(c.labels),
+            estimate=c.estimate,
+            ci95_low=c.ci95_low,
+            ci95_high=c.ci95_high,
+            suppressed=c.suppressed,
+        )
         for c in a.cells
     ]
     answer = node_pb2.Answer(
@@ -73,7 +78,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self.service = service
 
     def Describe(self, request: Any, context: Any) -> node_pb2.DescribeReply:
-        datasets = guarded(context, lambda: self.service.datasets(peer_identity(context), "Describe"))
+        datasets = guarded(
+            context, lambda: self.service.datasets(peer_identity(context), "Describe")
+        )
         cfg = self.service.cfg
         return node_pb2.DescribeReply(
             organisation=cfg.organisation,
@@ -118,8 +125,13 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         )
         return node_pb2.ExportAuditReply(
             entries=[
-                node_pb2.AuditEntry(seq=e.seq, body=e.body, prev_hash=e.prev_hash, hash=e.hash,
-                                    signature=e.signature)  # fmt: skip
+                node_pb2.AuditEntry(
+                    seq=e.seq,
+                    body=e.body,
+                    prev_hash=e.prev_hash,
+                    hash=e.hash,
+                    signature=e.signature,
+                )
                 for e in entries
             ],
             node_key=self.service.key.public.key_id,

@@ -114,8 +114,18 @@ def parse(body: bytes) -> QueryRequest:
         raise RequestError(f"request body: {e}") from None
     if not isinstance(d, dict):
         raise RequestError("request body must be an object")
-    want = {"v", "template_digest", "params", "mode", "request_id", "nonce", "issued_at",
-            "expires_at", "audience", "analyst_key"}  # fmt: skip
+    want = {
+        "v",
+        "template_digest",
+        "params",
+        "mode",
+        "request_id",
+        "nonce",
+        "issued_at",
+        "expires_at",
+        "audience",
+        "analyst_key",
+    }
     if set(d) != want:
         missing, extra = sorted(want - set(d)), sorted(set(d) - want)
         raise RequestError(f"request body: missing {missing} / unknown {extra[:3]}")
@@ -141,15 +151,19 @@ def parse(body: bytes) -> QueryRequest:
     except (TypeError, ValueError, AttributeError):
         raise RequestError("issued_at and expires_at must be ISO times with a zone") from None
     aud = d["audience"]
-    if not (isinstance(aud, list) and 0 < len(aud) <= 1000 and all(
-            isinstance(a, str) and 0 < len(a) <= 200 for a in aud)):  # fmt: skip
+    if not (
+        isinstance(aud, list)
+        and 0 < len(aud) <= 1000
+        and all(isinstance(a, str) and 0 < len(a) <= 200 for a in aud)
+    ):
         raise RequestError("audience must list 1 to 1000 organisation names")
     try:
         keys.PublicKey.from_id(d["analyst_key"])
     except keys.KeyError_ as e:
         raise RequestError(f"analyst_key: {e}") from None
-    return QueryRequest(digest, d["params"], mode, rid, nonce, issued, expires, tuple(aud),
-                        d["analyst_key"])  # fmt: skip
+    return QueryRequest(
+        digest, d["params"], mode, rid, nonce, issued, expires, tuple(aud), d["analyst_key"]
+    )
 
 
 def verify(signed: SignedRequest) -> QueryRequest:

@@ -42,7 +42,7 @@ def cell_labels(template: Template) -> list[tuple[str, ...]]:
     """Labels of every cell of the domain, in row-major order."""
     out: list[tuple[str, ...]] = [()]
     for dim in template.group_by:
-        out = [prefix + (label,) for prefix in out for label in dim.labels]
+        out = [(*prefix, label) for prefix in out for label in dim.labels]
     return out
 
 

@@ -7,10 +7,10 @@ Nothing here is built from request input.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from types import MappingProxyType
-from typing import Mapping
 
 
 class ColumnType(str, Enum):
@@ -90,28 +90,113 @@ def _c(
     return Column(name, type_, required, codes, lo, hi)
 
 
-T, C, D, I, B = ColumnType.TEXT, ColumnType.CODE, ColumnType.DATE, ColumnType.INT, ColumnType.BOOL
+T, C, D, N, B = ColumnType.TEXT, ColumnType.CODE, ColumnType.DATE, ColumnType.INT, ColumnType.BOOL
 
 LEGAL_STATUS = ("C1", "C2", "D1", "E1", "J1", "J2", "J3", "L1", "L2", "L3", "V2", "V3", "V4")
 NEED_CODES = tuple(f"N{i}" for i in range(1, 10))
 PLACEMENT_CODES = (
-    "A3", "A4", "A5", "A6", "H5", "K1", "K2", "K3", "P1", "P2", "P3", "P4", "R1", "R2",
-    "R3", "R5", "S1", "T0", "T1", "T2", "T3", "T4", "U1", "U2", "U3", "U4", "U5", "U6", "Z1",
-)  # fmt: skip
+    "A3",
+    "A4",
+    "A5",
+    "A6",
+    "H5",
+    "K1",
+    "K2",
+    "K3",
+    "P1",
+    "P2",
+    "P3",
+    "P4",
+    "R1",
+    "R2",
+    "R3",
+    "R5",
+    "S1",
+    "T0",
+    "T1",
+    "T2",
+    "T3",
+    "T4",
+    "U1",
+    "U2",
+    "U3",
+    "U4",
+    "U5",
+    "U6",
+    "Z1",
+)
 REASON_NEW_EPISODE = ("L", "P", "T", "B", "U", "S")
 PLACE_PROVIDER = ("PR0", "PR1", "PR2", "PR3", "PR4", "PR5")
 REASON_CEASED = (
-    "E11", "E12", "E13", "E14", "E15", "E16", "E17", "E2", "E3", "E4A", "E4B", "E41",
-    "E45", "E46", "E47", "E48", "E5", "E6", "E7", "E8", "E9", "X1",
-)  # fmt: skip
+    "E11",
+    "E12",
+    "E13",
+    "E14",
+    "E15",
+    "E16",
+    "E17",
+    "E2",
+    "E3",
+    "E4A",
+    "E4B",
+    "E41",
+    "E45",
+    "E46",
+    "E47",
+    "E48",
+    "E5",
+    "E6",
+    "E7",
+    "E8",
+    "E9",
+    "X1",
+)
 ETHNIC_CODES = (
-    "WBRI", "WIRI", "WIRT", "WOTH", "WROM", "MWBC", "MWBA", "MWAS", "MOTH", "AIND", "APKN",
-    "ABAN", "AOTH", "BCRB", "BAFR", "BOTH", "CHNE", "OOTH", "REFU", "NOBT",
-)  # fmt: skip
+    "WBRI",
+    "WIRI",
+    "WIRT",
+    "WOTH",
+    "WROM",
+    "MWBC",
+    "MWBA",
+    "MWAS",
+    "MOTH",
+    "AIND",
+    "APKN",
+    "ABAN",
+    "AOTH",
+    "BCRB",
+    "BAFR",
+    "BOTH",
+    "CHNE",
+    "OOTH",
+    "REFU",
+    "NOBT",
+)
 REFERRAL_SOURCES = (
-    "1A", "1B", "1C", "1D", "2A", "2B", "3A", "3B", "3C", "3D", "3E", "3F", "4", "5A", "5B",
-    "5C", "5D", "6", "7", "8", "9", "10",
-)  # fmt: skip
+    "1A",
+    "1B",
+    "1C",
+    "1D",
+    "2A",
+    "2B",
+    "3A",
+    "3B",
+    "3C",
+    "3D",
+    "3E",
+    "3F",
+    "4",
+    "5A",
+    "5B",
+    "5C",
+    "5D",
+    "6",
+    "7",
+    "8",
+    "9",
+    "10",
+)
 CP_CATEGORIES = ("NEGLECT", "PHYSICAL", "SEXUAL", "EMOTIONAL", "MULTIPLE")
 SEN_STATUS = ("NONE", "SEN_SUPPORT", "EHC_PLAN")
 TERMS = ("AUTUMN", "SPRING", "SUMMER")
@@ -221,8 +306,8 @@ _EDU_ATTENDANCE = Table(
         _c("upn", T, required=True),
         _c("academic_year", T, required=True),
         _c("term", C, required=True, codes=TERMS),
-        _c("sessions_possible", I, required=True, lo=0, hi=400),
-        _c("sessions_missed", I, required=True, lo=0, hi=400),
+        _c("sessions_possible", N, required=True, lo=0, hi=400),
+        _c("sessions_missed", N, required=True, lo=0, hi=400),
     ),
     unit="upn",
 )
@@ -241,7 +326,7 @@ _HEALTH_ED = Table(
     (
         _c("nhs_number", T, required=True),
         _c("arrival_date", D, required=True),
-        _c("age_years", I, required=True, lo=0, hi=120),
+        _c("age_years", N, required=True, lo=0, hi=120),
         _c("attendance_category", C, codes=ED_CATEGORIES),
         _c("injury", B, required=True),
         _c("safeguarding_concern", B),

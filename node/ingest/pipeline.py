@@ -67,7 +67,7 @@ def _prepare(
             except FileProblem as e:
                 problems.append(f"table {table.name}, file {path}: {e}")
                 continue
-            problems += [f"table {table.name}, file {path}: {p}" for p in header.problems]
+            problems += [f"table {table.name}, file {path}: {x}" for x in header.problems]
             prepared.append((src, header))
     if problems:
         raise IngestError(problems)

@@ -53,7 +53,7 @@ def inspect_file(table: str, path: Path) -> SourceFile:
     """Hash the file and, for CSV, settle its text encoding in the same pass."""
     suffix = path.suffix.lower()
     kind: Literal["csv", "parquet"]
-    if suffix in (".csv", ".txt"):
+    if suffix == ".csv":
         kind = "csv"
     elif suffix in (".parquet", ".pq"):
         kind = "parquet"
@@ -124,6 +124,12 @@ def iter_batches(
         yield from _csv_batches(src, positions, on_malformed)
 
 
+def _malformed(line: int) -> str:
+    # In practice csv.Error means a field over the module's size limit (often an
+    # unbalanced quote swallowing the rest of the file).
+    return f"malformed CSV (unbalanced quote or oversized field) at line {line}"
+
+
 def _csv_records(reader: Iterator[list[str]]) -> Iterator[list[str]]:
     """csv.reader, with its errors (which may quote content) replaced by fixed text."""
     while True:
@@ -135,8 +141,7 @@ def _csv_records(reader: Iterator[list[str]]) -> Iterator[list[str]]:
         except csv.Error:
             failed = True
         if failed:  # raised outside the except block so that nothing is chained
-            line = getattr(reader, "line_num", 0)
-            raise FileProblem(f"malformed CSV (bad quoting or a NUL byte) at line {line}")
+            raise FileProblem(_malformed(getattr(reader, "line_num", 0)))
         yield record
 
 
@@ -151,9 +156,7 @@ def _csv_batches(
         except csv.Error:
             failed = True
         if failed:  # csv's message may quote the file; raise a fixed one, unchained
-            raise FileProblem(
-                f"malformed CSV (bad quoting or a NUL byte) at line {reader.line_num}"
-            )
+            raise FileProblem(_malformed(reader.line_num))
 
 
 def _line_breaks(field: str) -> int:

@@ -134,10 +134,6 @@ class ColumnConverter:
         else:
             self._one = _text_converter
 
-    def convert_one(self, raw: str) -> Cell:
-        cell = self._one(raw)
-        return REQUIRED_MISSING if cell == "" and self.column.required else cell
-
     def convert(self, raw: Sequence[str]) -> tuple[list[Cell], list[tuple[int, Reason]]]:
         """Converted cells, and (row index, reason) for every bad cell."""
         bad: list[tuple[int, Reason]] = []

@@ -50,7 +50,13 @@ def _budget(args: argparse.Namespace, environ: dict[str, str]) -> int:
     for d in rows:
         for kind, total in d.budget_total.items():
             spent = d.budget_spent[kind]
-            table.add_row(d.name, str(d.version), kind, f"{total:g}", f"{spent:.6g}",
-                          f"{max(total - spent, 0):.6g}")  # fmt: skip
+            table.add_row(
+                d.name,
+                str(d.version),
+                kind,
+                f"{total:g}",
+                f"{spent:.6g}",
+                f"{max(total - spent, 0):.6g}",
+            )
     Console().print(table)
     return 0

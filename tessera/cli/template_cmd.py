@@ -25,10 +25,8 @@ def register(sub: Any) -> None:
     sign.add_argument("--key", type=Path, required=True, help="your approver private key")
     sign.set_defaults(handler=_sign)
 
-    try:
-        from tessera.cli.template_remote import register_remote
-    except ModuleNotFoundError:
-        return
+    from tessera.cli.template_remote import register_remote
+
     register_remote(t_sub)
 
 

@@ -60,9 +60,7 @@ class Fields:
             )
         return v
 
-    def integer(
-        self, key: str, *, lo: int, hi: int, default: int | None = None
-    ) -> int:
+    def integer(self, key: str, *, lo: int, hi: int, default: int | None = None) -> int:
         v = self.raw(key, default if default is not None else ...)
         if isinstance(v, bool) or not isinstance(v, int):
             raise TemplateError(self.at(key), "must be an integer")
@@ -110,9 +108,7 @@ class Fields:
         out = []
         for i, item in enumerate(v):
             if not isinstance(item, str) or not LABEL_RE.match(item):
-                raise TemplateError(
-                    f"{self.at(key)}[{i}]", "must be 1 to 64 printable characters"
-                )
+                raise TemplateError(f"{self.at(key)}[{i}]", "must be 1 to 64 printable characters")
             out.append(item)
         if len(set(out)) != len(out):
             raise TemplateError(self.at(key), "has duplicate entries")

@@ -7,6 +7,7 @@ list, every bound must be finite and the domain small enough.
 
 from __future__ import annotations
 
+import itertools
 import tomllib
 from collections.abc import Mapping
 from datetime import date
@@ -333,7 +334,7 @@ def _dimension(f: Fields, ctx: _Ctx) -> Dimension:
         if not bands:
             raise TemplateError(f.at("bands"), "must not be empty")
         ordered = sorted(bands, key=lambda b: b.min)
-        for a, b in zip(ordered, ordered[1:], strict=False):
+        for a, b in itertools.pairwise(ordered):
             if b.min <= a.max:
                 raise TemplateError(f.at("bands"), "bands must not overlap")
         if f.has("birth_column"):
@@ -391,7 +392,9 @@ def _statistic(f: Fields, ctx: _Ctx) -> Statistic:
     else:
         col = ctx.column(f, "column", schemas.ColumnType.INT)
         if not f.has("lower") or not f.has("upper"):
-            raise TemplateError(f.at("upper"), f"a {kind.value} needs finite lower and upper bounds")
+            raise TemplateError(
+                f.at("upper"), f"a {kind.value} needs finite lower and upper bounds"
+            )
         lo = f.integer("lower", lo=-MAX_BOUND, hi=MAX_BOUND)
         hi = f.integer("upper", lo=-MAX_BOUND, hi=MAX_BOUND)
         if lo > hi:
@@ -458,8 +461,12 @@ def _date_ref(r: DateRef) -> str:
 
 def _param_dict(p: Parameter) -> dict[str, Any]:
     if isinstance(p, DateParam):
-        return {"type": "date", "min": p.min.isoformat(), "max": p.max.isoformat(),
-                "description": p.description}  # fmt: skip
+        return {
+            "type": "date",
+            "min": p.min.isoformat(),
+            "max": p.max.isoformat(),
+            "description": p.description,
+        }
     if isinstance(p, EnumParam):
         return {"type": "enum", "values": list(p.values), "description": p.description}
     return {"type": "int", "min": p.min, "max": p.max, "description": p.description}
@@ -484,36 +491,58 @@ def _filter_dict(x: Filter) -> dict[str, Any]:
     if isinstance(x, RangeFilter):
         return {"kind": "range", "column": x.column, "min": x.min, "max": x.max}
     if isinstance(x, BetweenFilter):
-        return {"kind": "between", "column": x.column, "start": _date_ref(x.start),
-                "end": _date_ref(x.end)}  # fmt: skip
+        return {
+            "kind": "between",
+            "column": x.column,
+            "start": _date_ref(x.start),
+            "end": _date_ref(x.end),
+        }
     if isinstance(x, ActiveOnFilter):
-        return {"kind": "active_on", "start_column": x.start_column,
-                "end_column": x.end_column, "on": _date_ref(x.on)}  # fmt: skip
-    return {"kind": "age", "birth_column": x.birth_column, "min": x.min, "max": x.max,
-            **_at_dict(x.at, x.at_column)}  # fmt: skip
+        return {
+            "kind": "active_on",
+            "start_column": x.start_column,
+            "end_column": x.end_column,
+            "on": _date_ref(x.on),
+        }
+    return {
+        "kind": "age",
+        "birth_column": x.birth_column,
+        "min": x.min,
+        "max": x.max,
+        **_at_dict(x.at, x.at_column),
+    }
 
 
 def _dim_dict(x: Dimension) -> dict[str, Any]:
     if isinstance(x, CategoriesDim):
         d: dict[str, Any] = {
-            "name": x.name, "kind": "categories", "column": x.column,
+            "name": x.name,
+            "kind": "categories",
+            "column": x.column,
             "categories": [{"label": c.label, "codes": list(c.codes)} for c in x.categories],
-        }  # fmt: skip
+        }
         if x.other is not None:
             d["other"] = x.other
         return d
     if isinstance(x, BandsDim):
-        d = {"name": x.name, "kind": "bands",
-             "bands": [{"label": b.label, "min": b.min, "max": b.max} for b in x.bands]}  # fmt: skip
+        d = {
+            "name": x.name,
+            "kind": "bands",
+            "bands": [{"label": b.label, "min": b.min, "max": b.max} for b in x.bands],
+        }
         if x.column is not None:
             d["column"] = x.column
         else:
             d["birth_column"] = x.birth_column
             d.update(_at_dict(x.at, x.at_column))
         return d
-    return {"name": x.name, "kind": "months", "column": x.column,
-            "first": f"{x.first[0]:04d}-{x.first[1]:02d}",
-            "last": f"{x.last[0]:04d}-{x.last[1]:02d}"}  # fmt: skip
+    return {
+        "name": x.name,
+        "kind": "months",
+        "column": x.column,
+        "first": f"{x.first[0]:04d}-{x.first[1]:02d}",
+        "last": f"{x.last[0]:04d}-{x.last[1]:02d}",
+    }
 
 
 def _stat_dict(s: Statistic) -> dict[str, Any]:
@@ -521,8 +550,13 @@ def _stat_dict(s: Statistic) -> dict[str, Any]:
         return {"kind": s.kind.value, "max_cells_per_unit": s.max_cells_per_unit}
     if s.kind is StatisticKind.COUNT_RECORDS:
         return {"kind": s.kind.value, "max_records_per_unit": s.max_records_per_unit}
-    return {"kind": s.kind.value, "column": s.column, "lower": s.lower, "upper": s.upper,
-            "max_records_per_unit": s.max_records_per_unit}  # fmt: skip
+    return {
+        "kind": s.kind.value,
+        "column": s.column,
+        "lower": s.lower,
+        "upper": s.upper,
+        "max_records_per_unit": s.max_records_per_unit,
+    }
 
 
 def to_dict(t: Template) -> dict[str, Any]:
@@ -537,8 +571,12 @@ def to_dict(t: Template) -> dict[str, Any]:
         "purpose": t.purpose,
         "description": t.description,
         "legal_basis": t.legal_basis,
-        "data": {"dataset": t.dataset, "schema_version": t.schema_version, "source": t.source,
-                 "privacy_unit": t.privacy_unit},  # fmt: skip
+        "data": {
+            "dataset": t.dataset,
+            "schema_version": t.schema_version,
+            "source": t.source,
+            "privacy_unit": t.privacy_unit,
+        },
         "parameters": {p.name: _param_dict(p) for p in t.parameters},
         "filters": [_filter_dict(x) for x in t.filters],
         "group_by": [_dim_dict(x) for x in t.group_by],

@@ -13,7 +13,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -98,5 +97,3 @@ def test_kill_9_mid_burst_never_releases_unpaid_answers(fed: fedlib.Federation) 
     assert spent >= sum(delivered) - 1e-9
     result = audit.verify(cfg.state_dir / "ledger.sqlite", fed.node_key.public)
     assert result.ok, result.problems
-
-

@@ -97,46 +97,93 @@ def test_refusals_have_precise_status_spend_nothing_and_are_audited(running_node
     S = grpc.StatusCode
     cases: list[tuple[str, Any, grpc.StatusCode]] = []
 
-    cases.append(("unsigned", fedlib.execute_request(fed, fedlib.sign_template(t, []), P1),
-                  S.PERMISSION_DENIED))  # fmt: skip
-    cases.append(("k-1 signatures",
-                  fedlib.execute_request(fed, fedlib.sign_template(t, fed.approvers[:1]), P1),
-                  S.PERMISSION_DENIED))  # fmt: skip
+    cases.append(
+        (
+            "unsigned",
+            fedlib.execute_request(fed, fedlib.sign_template(t, []), P1),
+            S.PERMISSION_DENIED,
+        )
+    )
+    cases.append(
+        (
+            "k-1 signatures",
+            fedlib.execute_request(fed, fedlib.sign_template(t, fed.approvers[:1]), P1),
+            S.PERMISSION_DENIED,
+        )
+    )
     tampered_t = dataclasses.replace(t, privacy=dataclasses.replace(t.privacy, epsilon=5.0))
     tampered = common_pb2.SignedTemplate()
     tampered.CopyFrom(good)
     tampered.canonical = templates.encode(tampered_t)
-    cases.append(("byte changed after signing (analyst signs the new digest)",
-                  fedlib.execute_request(fed, tampered, P1), S.UNAUTHENTICATED))  # fmt: skip
+    cases.append(
+        (
+            "byte changed after signing (analyst signs the new digest)",
+            fedlib.execute_request(fed, tampered, P1),
+            S.UNAUTHENTICATED,
+        )
+    )
     swapped = fedlib.execute_request(fed, good, P1)
     swapped.template.canonical = templates.encode(tampered_t)
     cases.append(("template swapped under the analyst's request", swapped, S.UNAUTHENTICATED))
-    cases.append(("unknown approver",
-                  fedlib.execute_request(fed, fedlib.sign_template(t, [fed.approvers[0],
-                                                                       fed.outsider]), P1),
-                  S.PERMISSION_DENIED))  # fmt: skip
-    cases.append(("analyst not allowed",
-                  fedlib.execute_request(fed, good, P1, analyst=fed.outsider),
-                  S.PERMISSION_DENIED))  # fmt: skip
-    expired_t = dataclasses.replace(t, access=dataclasses.replace(t.access,
-                                                                   expires=date(2020, 1, 1)))
-    cases.append(("expired template",
-                  fedlib.execute_request(fed, fedlib.sign_template(expired_t, fed.approvers[:2]),
-                                         P1), S.FAILED_PRECONDITION))  # fmt: skip
-    cases.append(("expired request",
-                  fedlib.execute_request(fed, good, P1,
-                                         now=datetime.now(UTC) - timedelta(minutes=30)),
-                  S.FAILED_PRECONDITION))  # fmt: skip
-    cases.append(("parameter outside its domain",
-                  fedlib.execute_request(fed, good, {"on_date": "2030-01-01"}),
-                  S.INVALID_ARGUMENT))  # fmt: skip
-    cases.append(("per-node mode not permitted",
-                  fedlib.execute_request(fed, fedlib.sign_template(fed.template(T2),
-                                                                   fed.approvers[:2]),
-                                         P2, mode=Mode.PER_NODE), S.PERMISSION_DENIED))  # fmt: skip
-    cases.append(("not addressed to this node",
-                  fedlib.execute_request(fed, good, P1, audience=["Bradford"]),
-                  S.PERMISSION_DENIED))  # fmt: skip
+    cases.append(
+        (
+            "unknown approver",
+            fedlib.execute_request(
+                fed, fedlib.sign_template(t, [fed.approvers[0], fed.outsider]), P1
+            ),
+            S.PERMISSION_DENIED,
+        )
+    )
+    cases.append(
+        (
+            "analyst not allowed",
+            fedlib.execute_request(fed, good, P1, analyst=fed.outsider),
+            S.PERMISSION_DENIED,
+        )
+    )
+    expired_t = dataclasses.replace(
+        t, access=dataclasses.replace(t.access, expires=date(2020, 1, 1))
+    )
+    cases.append(
+        (
+            "expired template",
+            fedlib.execute_request(fed, fedlib.sign_template(expired_t, fed.approvers[:2]), P1),
+            S.FAILED_PRECONDITION,
+        )
+    )
+    cases.append(
+        (
+            "expired request",
+            fedlib.execute_request(fed, good, P1, now=datetime.now(UTC) - timedelta(minutes=30)),
+            S.FAILED_PRECONDITION,
+        )
+    )
+    cases.append(
+        (
+            "parameter outside its domain",
+            fedlib.execute_request(fed, good, {"on_date": "2030-01-01"}),
+            S.INVALID_ARGUMENT,
+        )
+    )
+    cases.append(
+        (
+            "per-node mode not permitted",
+            fedlib.execute_request(
+                fed,
+                fedlib.sign_template(fed.template(T2), fed.approvers[:2]),
+                P2,
+                mode=Mode.PER_NODE,
+            ),
+            S.PERMISSION_DENIED,
+        )
+    )
+    cases.append(
+        (
+            "not addressed to this node",
+            fedlib.execute_request(fed, good, P1, audience=["Bradford"]),
+            S.PERMISSION_DENIED,
+        )
+    )
 
     before = _spent(stub)
     for name, request, want in cases:
@@ -154,15 +201,22 @@ def test_refusals_have_precise_status_spend_nothing_and_are_audited(running_node
     body = canonical.decode(replay.request.canonical)
     body["nonce"] = canonical.decode(first.request.canonical)["nonce"]
     replay.request.canonical = canonical.encode(body)
-    replay.request.signature = fed.analyst.sign(b"tessera/v1/query-request\x00",
-                                                replay.request.canonical)  # fmt: skip
+    replay.request.signature = fed.analyst.sign(
+        b"tessera/v1/query-request\x00", replay.request.canonical
+    )
     requests.verify(requests.SignedRequest(replay.request.canonical, replay.request.signature))
     assert _refused(stub, replay) == S.ALREADY_EXISTS
     assert _spent(stub) == spent_after_one
 
     outcomes = _audit_outcomes(node)
-    for want_code in ("PERMISSION_DENIED", "UNAUTHENTICATED", "FAILED_PRECONDITION",
-                      "INVALID_ARGUMENT", "ALREADY_EXISTS", "OK"):  # fmt: skip
+    for want_code in (
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "FAILED_PRECONDITION",
+        "INVALID_ARGUMENT",
+        "ALREADY_EXISTS",
+        "OK",
+    ):
         assert want_code in outcomes
     assert len(outcomes) == len(cases) + 2
     # The server is still serving.

@@ -39,14 +39,16 @@ C3,1,2008-03-01,APKN,,,
 C4,2,20/11/2014,WBRI,,,
 C5,1,05/05/2019,BAFR,,,
 """
-EPISODES = """CHILD,DECOM,RNE,LS,CIN,PLACE,PLACE_PROVIDER,DEC,REC,REASON_PLACE_CHANGE,HOME_POST,PL_POST,URN
-C1,01/01/2024,S,C2,N1,U1,PR1,,,,,,
+EPISODES = (
+    "CHILD,DECOM,RNE,LS,CIN,PLACE,PLACE_PROVIDER,DEC,REC,REASON_PLACE_CHANGE,HOME_POST,PL_POST,URN\n"
+    """C1,01/01/2024,S,C2,N1,U1,PR1,,,,,,
 C2,01/02/2025,S,C2,N1,U3,PR1,,,,,,
 C3,01/01/2023,S,V2,N4,K2,PR2,01/06/2024,E13,,,,
 C3,01/06/2024,P,V2,N4,H5,PR2,,,,,,
 C4,10/10/2024,S,C2,N1,P1,PR0,,,,,,
 C5,01/01/2020,S,C2,N2,U1,PR1,01/01/2021,E11,,,,
 """
+)
 CHILDREN = """child_id,dob,sex,upn,nhs_number
 K1,2010-06-01,1,,
 K2,2015-02-01,2,,
@@ -107,10 +109,14 @@ def make(root: Path, *, node_names: Sequence[str] = ("Leeds",)) -> Federation:
 
 def write_council_files(folder: Path) -> dict[str, dict[str, list[Path]]]:
     folder.mkdir(parents=True, exist_ok=True)
-    files = {"header.csv": HEADER, "episodes.csv": EPISODES, "children.csv": CHILDREN,
-             "referrals.csv": REFERRALS,
-             "cin_episodes.csv": "child_id,start_date,end_date,primary_need\n",
-             "cp_plans.csv": "child_id,start_date,end_date,initial_category\n"}  # fmt: skip
+    files = {
+        "header.csv": HEADER,
+        "episodes.csv": EPISODES,
+        "children.csv": CHILDREN,
+        "referrals.csv": REFERRALS,
+        "cin_episodes.csv": "child_id,start_date,end_date,primary_need\n",
+        "cp_plans.csv": "child_id,start_date,end_date,initial_category\n",
+    }
     for name, text in files.items():
         (folder / name).write_text(text)
     return {
@@ -146,8 +152,10 @@ def node_config(
         tls=TlsConfig(tls.cert, tls.key, tls.ca),
         approvers=ApproversConfig(
             threshold,
-            tuple(TrustedApprover(f"Approver {i}", k.public.key_id)
-                  for i, k in enumerate(fed.approvers)),  # fmt: skip
+            tuple(
+                TrustedApprover(f"Approver {i}", k.public.key_id)
+                for i, k in enumerate(fed.approvers)
+            ),
         ),
         clients=(ClientConfig("coordinator", "coordinator"), ClientConfig("operator", "operator")),
         datasets=MappingProxyType(

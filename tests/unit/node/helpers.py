@@ -49,9 +49,7 @@ def write_valid_csv(path: Path, table: Table, rows: int) -> Path:
 
 def valid_file_set(folder: Path, dataset: Dataset, rows: int = 5) -> dict[str, list[Path]]:
     """One valid CSV per table of ``dataset`` (optional ones included)."""
-    return {
-        t.name: [write_valid_csv(folder / f"{t.name}.csv", t, rows)] for t in dataset.tables
-    }
+    return {t.name: [write_valid_csv(folder / f"{t.name}.csv", t, rows)] for t in dataset.tables}
 
 
 def csv_to_parquet(csv_path: Path, parquet_path: Path) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,10 +28,9 @@ def data(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def catalog(data: Path) -> DatasetCatalog:
-    c = DatasetCatalog(data)
-    yield c  # type: ignore[misc]
-    c.close()
+def catalog(data: Path) -> Iterator[DatasetCatalog]:
+    with DatasetCatalog(data) as c:
+        yield c
 
 
 def count(con: duckdb.DuckDBPyConnection) -> int:

@@ -37,8 +37,9 @@ def test_each_dataset_ingests_a_valid_file_set(tmp_path: Path, name: str, fmt: s
     dataset = DATASETS[name]
     files = valid_file_set(tmp_path / "src", dataset, rows=7)
     if fmt == "parquet":
-        files = {t: [csv_to_parquet(p, p.with_suffix(".parquet")) for p in ps]
-                 for t, ps in files.items()}  # fmt: skip
+        files = {
+            t: [csv_to_parquet(p, p.with_suffix(".parquet")) for p in ps] for t, ps in files.items()
+        }
     report = ingest_dataset(dataset, files, tmp_path / "data", NOW)
     assert report.rejections == []
     assert {t: (c.rows_loaded, c.rows_rejected) for t, c in report.tables.items()} == {
@@ -61,9 +62,7 @@ def test_health_values(tmp_path: Path) -> None:
         4010232137,03/01/25,4,1,perhaps,,0
         """,
     )
-    report = ingest_dataset(
-        DATASETS["health"], {"ed_attendances": [src]}, tmp_path / "data", NOW
-    )
+    report = ingest_dataset(DATASETS["health"], {"ed_attendances": [src]}, tmp_path / "data", NOW)
     assert report.rejections == [
         Rejection(str(src), 4, "age_years", "out of range"),
         Rejection(str(src), 5, "injury", "not a yes/no value"),
@@ -107,9 +106,7 @@ def test_a_table_may_have_several_files_of_either_kind(tmp_path: Path) -> None:
     first = valid_file_set(tmp_path / "a", police, rows=3)["incidents"][0]
     second = valid_file_set(tmp_path / "b", police, rows=4)["incidents"][0]
     third = csv_to_parquet(second, tmp_path / "c.parquet")
-    report = ingest_dataset(
-        police, {"incidents": [first, second, third]}, tmp_path / "data", NOW
-    )
+    report = ingest_dataset(police, {"incidents": [first, second, third]}, tmp_path / "data", NOW)
     assert report.tables["incidents"].rows_loaded == 11
 
 
@@ -119,9 +116,7 @@ def test_optional_tables_may_be_left_out(tmp_path: Path) -> None:
     del files["exclusions"]
     report = ingest_dataset(education, files, tmp_path / "data", NOW)
     assert report.tables["exclusions"].rows_loaded == 0
-    assert query(tmp_path / "data/education/v1.duckdb", "SELECT count(*) FROM exclusions") == [
-        (0,)
-    ]
+    assert query(tmp_path / "data/education/v1.duckdb", "SELECT count(*) FROM exclusions") == [(0,)]
 
 
 def test_windows_1252_files_are_read(tmp_path: Path) -> None:

@@ -39,9 +39,7 @@ def dmy_short(d: date) -> str:
 
 @settings(max_examples=300)
 @given(d=any_date, fmt=st.sampled_from([iso, dmy, dmy_unpadded]), pad=padding, t=time_suffix)
-def test_four_digit_year_formats_round_trip(
-    d: date, fmt: object, pad: str, t: str
-) -> None:
+def test_four_digit_year_formats_round_trip(d: date, fmt: object, pad: str, t: str) -> None:
     assert callable(fmt)
     assert parse_date(pad + fmt(d) + t + pad, NOW_YEAR) == d
 

@@ -73,18 +73,28 @@ def test_unbounded_integers_must_still_fit_bigint() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("1", "true"), ("Yes", "true"), ("Y", "true"), ("TRUE", "true"), ("0", "false"),
-     ("no", "false"), ("n", "false"), ("False", "false"), ("", ""), ("2", NOT_A_BOOLEAN),
-     ("maybe", NOT_A_BOOLEAN)],
-)  # fmt: skip
+    [
+        ("1", "true"),
+        ("Yes", "true"),
+        ("Y", "true"),
+        ("TRUE", "true"),
+        ("0", "false"),
+        ("no", "false"),
+        ("n", "false"),
+        ("False", "false"),
+        ("", ""),
+        ("2", NOT_A_BOOLEAN),
+        ("maybe", NOT_A_BOOLEAN),
+    ],
+)
 def test_booleans(raw: str, expected: object) -> None:
     out, bad = convert(Column("b", ColumnType.BOOL), [raw])
     assert (bad.get(0) if bad else out[0]) == expected
 
 
 def test_text_is_stripped_not_otherwise_touched() -> None:
-    out, bad = convert(Column("t", ColumnType.TEXT), ["  Ab c ", "x,\"y\"\nz", ""])
-    assert out == ["Ab c", "x,\"y\"\nz", ""]
+    out, bad = convert(Column("t", ColumnType.TEXT), ["  Ab c ", 'x,"y"\nz', ""])
+    assert out == ["Ab c", 'x,"y"\nz', ""]
     assert bad == {}
 
 

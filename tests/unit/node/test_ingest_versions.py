@@ -24,11 +24,19 @@ def test_versions_increment_and_manifest_is_complete(tmp_path: Path) -> None:
     data = tmp_path / "data"
     assert [ingest_dataset(POLICE, files, data, NOW).version for _ in range(3)] == [1, 2, 3]
     assert sorted(os.listdir(data / "police")) == [
-        ".ingest.lock", "v1.duckdb", "v1.json", "v2.duckdb", "v2.json", "v3.duckdb", "v3.json",
-    ]  # fmt: skip
+        ".ingest.lock",
+        "v1.duckdb",
+        "v1.json",
+        "v2.duckdb",
+        "v2.json",
+        "v3.duckdb",
+        "v3.json",
+    ]
     src = files["incidents"][0]
     expected_sha = hashlib.sha256(
-        canonical.encode([["incidents", "incidents.csv", hashlib.sha256(src.read_bytes()).hexdigest()]])
+        canonical.encode(
+            [["incidents", "incidents.csv", hashlib.sha256(src.read_bytes()).hexdigest()]]
+        )
     ).hexdigest()
     assert json.loads((data / "police" / "v3.json").read_bytes()) == {
         "dataset": "police",
@@ -90,8 +98,11 @@ def test_a_version_without_manifest_is_invisible_and_cleared(
     # The next ingest clears the never-published leftovers and takes the number.
     assert ingest_dataset(POLICE, files, data, NOW).version == 2
     assert sorted(n for n in os.listdir(data / "police") if not n.startswith(".ingest.")) == [
-        "v1.duckdb", "v1.json", "v2.duckdb", "v2.json",
-    ]  # fmt: skip
+        "v1.duckdb",
+        "v1.json",
+        "v2.duckdb",
+        "v2.json",
+    ]
 
 
 def test_a_published_number_is_never_reused(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""The coordinator: routes signed questions to nodes and combines their noisy answers."""

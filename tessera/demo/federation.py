@@ -1,0 +1,182 @@
+"""Laying out a whole local federation in one folder: certificates, keys,
+synthetic data ingested per node, and node and coordinator configs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from tessera import schemas
+from tessera.keys import SigningKey
+from tessera.synth import RegionManifest, generate_region
+from tessera.tls import TlsFiles, make_federation
+
+APPROVERS = ("approver-1", "approver-2", "approver-3")
+ANALYST = "analyst"
+COORDINATOR = "coordinator"
+OPERATOR = "operator"
+THRESHOLD = 2
+
+# Operator budgets per dataset version. The police budget is small on purpose:
+# the demo's drill spends it down to show a refusal.
+BUDGETS: dict[str, dict[str, float]] = {
+    "ssda903": {"epsilon": 5.0, "rho": 1.0},
+    "cin": {"epsilon": 5.0, "rho": 1.0},
+    "education": {"epsilon": 5.0, "rho": 1.0},
+    "health": {"epsilon": 5.0, "rho": 1.0},
+    "police": {"epsilon": 2.0},
+}
+
+
+@dataclass
+class NodeSite:
+    slug: str
+    organisation: str
+    datasets: list[str]
+    config_path: Path
+    data_dir: Path
+    state_dir: Path
+    port: int | None = None
+
+
+@dataclass
+class Layout:
+    root: Path
+    region: RegionManifest
+    nodes: list[NodeSite]
+    coordinator_config: Path
+    keys: dict[str, SigningKey] = field(default_factory=dict)
+
+    def tls(self, name: str) -> TlsFiles:
+        return TlsFiles.for_name(self.root / "certs", name)
+
+    def node(self, organisation: str) -> NodeSite:
+        for n in self.nodes:
+            if n.organisation == organisation:
+                return n
+        raise KeyError(organisation)
+
+
+def _key(root: Path, name: str) -> SigningKey:
+    key = SigningKey.generate()
+    key.save(root / "keys" / f"{name}.key")
+    return key
+
+
+def build(root: Path, *, scale: float, seed: int) -> Layout:
+    region = generate_region(root / "region", scale=scale, seed=seed)
+    slugs = [o.slug for o in region.organisations]
+    make_federation(
+        root / "certs",
+        nodes=slugs,
+        coordinator=COORDINATOR,
+        users=[*APPROVERS, ANALYST, OPERATOR],
+    )
+    keys = {name: _key(root, name) for name in (*APPROVERS, ANALYST)}
+    trusted = [{"name": n, "key": keys[n].public.key_id} for n in APPROVERS]
+    nodes = []
+    for org in region.organisations:
+        base = root / "nodes" / org.slug
+        site = NodeSite(
+            org.slug,
+            org.name,
+            [d.name for d in org.datasets],
+            base / "node.toml",
+            base / "data",
+            base / "state",
+        )
+        _key(base, "node").save(base / "node.key")
+        tls = TlsFiles.for_name(root / "certs", org.slug)
+        cfg: dict[str, Any] = {
+            "organisation": org.name,
+            "listen": "127.0.0.1:0",
+            "state_dir": str(site.state_dir),
+            "data_dir": str(site.data_dir),
+            "signing_key": str(base / "node.key"),
+            "tls": {"cert": str(tls.cert), "key": str(tls.key), "ca": str(tls.ca)},
+            "approvers": {"threshold": THRESHOLD, "trusted": trusted},
+            "clients": [
+                {"identity": COORDINATOR, "role": "coordinator"},
+                {"identity": OPERATOR, "role": "operator"},
+            ],
+            "datasets": {
+                d.name: {
+                    **BUDGETS[d.name],
+                    "sources": {t: [str(root / "region" / f.path)] for t, f in d.tables.items()},
+                }
+                for d in org.datasets
+            },
+        }
+        base.mkdir(parents=True, exist_ok=True)
+        site.config_path.write_text(tomli_w.dumps(cfg))
+        nodes.append(site)
+    return Layout(root, region, nodes, root / "coordinator" / "coordinator.toml", keys)
+
+
+def ingest_all(layout: Layout) -> dict[str, int]:
+    """Load each node's synthetic files as its first dataset version. Returns rows
+    rejected per organisation (rows the schema refuses, such as a missing NHS number)."""
+    from node.ingest import ingest_dataset  # the node's own ingest, run as the operator would
+
+    now = datetime.now(UTC)
+    rejected: dict[str, int] = {}
+    region_dir = layout.root / "region"
+    for site in layout.nodes:
+        org = layout.region.organisation(site.slug)
+        total = 0
+        for d in org.datasets:
+            ds = schemas.dataset(d.name)
+            assert ds is not None
+            files = {t: [region_dir / f.path] for t, f in d.tables.items()}
+            report = ingest_dataset(ds, files, site.data_dir, now)
+            total += report.rows_rejected
+        rejected[site.organisation] = total
+    return rejected
+
+
+def write_coordinator_config(layout: Layout, deadline_seconds: float) -> None:
+    """The coordinator's config, once the nodes' ports are known."""
+    root = layout.root
+    tls = layout.tls(COORDINATOR)
+    key_path = root / "coordinator" / "coordinator.key"
+    _key(root / "coordinator", "coordinator").save(key_path)
+    people = [
+        {"identity": n, "name": n, "role": "approver", "key": layout.keys[n].public.key_id}
+        for n in APPROVERS
+    ]
+    people.append(
+        {
+            "identity": ANALYST,
+            "name": "Regional analyst",
+            "role": "analyst",
+            "key": layout.keys[ANALYST].public.key_id,
+        }
+    )
+    cfg: dict[str, Any] = {
+        "organisation": "West Yorkshire analytics hub",
+        "listen": "127.0.0.1:0",
+        "state_dir": str(root / "coordinator" / "state"),
+        "signing_key": str(key_path),
+        "deadline_seconds": deadline_seconds,
+        "tls": {"cert": str(tls.cert), "key": str(tls.key), "ca": str(tls.ca)},
+        "approvers": {
+            "threshold": THRESHOLD,
+            "trusted": [{"name": n, "key": layout.keys[n].public.key_id} for n in APPROVERS],
+        },
+        "people": people,
+        "nodes": [
+            {
+                "organisation": s.organisation,
+                "address": f"localhost:{s.port}",
+                "identity": s.slug,
+                "datasets": s.datasets,
+            }
+            for s in layout.nodes
+        ],
+    }
+    layout.coordinator_config.parent.mkdir(parents=True, exist_ok=True)
+    layout.coordinator_config.write_text(tomli_w.dumps(cfg))
