@@ -162,19 +162,23 @@ def compile_query(
     parts = [f"({b.dimension(d)}) * {s}" for d, s in zip(template.group_by, strides, strict=True)]
     cell = " + ".join(parts) if parts else "0"
 
+    # Parameters bind in the order they are built, which must be their order in the SQL
+    # text: the cell, then the clamped value, then the WHERE clause.
+    value = ""
+    value_present: list[str] = []
+    if stat.kind in (StatisticKind.SUM, StatisticKind.MEAN):
+        assert stat.column is not None
+        value_present.append(f"{_q(stat.column)} IS NOT NULL")
+        value = (
+            f", least(greatest(CAST({_q(stat.column)} AS BIGINT), {b.bind(stat.lower)}), "
+            f"{b.bind(stat.upper)}) AS v"
+        )
     where = [b.filter(f) for f in template.filters]
     where.append(f"{_q(source.unit)} IS NOT NULL")
     if exclude_opted_out and ds.opt_out_column is not None:
         # Unknown opt-out status is treated as opted out.
         where.append(f"coalesce({_q(ds.opt_out_column)}, TRUE) = FALSE")
-    value = ""
-    if stat.kind in (StatisticKind.SUM, StatisticKind.MEAN):
-        assert stat.column is not None
-        where.append(f"{_q(stat.column)} IS NOT NULL")
-        value = (
-            f", least(greatest(CAST({_q(stat.column)} AS BIGINT), {b.bind(stat.lower)}), "
-            f"{b.bind(stat.upper)}) AS v"
-        )
+    where.extend(value_present)
     prefix = (
         f"WITH src AS ({source.sql}), "
         f"f AS (SELECT {_q(source.unit)} AS u, ({cell}) AS cell{value} FROM src "

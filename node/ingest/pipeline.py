@@ -12,7 +12,8 @@ from pathlib import Path
 from tessera.clock import isoformat
 from tessera.schemas import Dataset, Table
 
-from .load import DatabaseBuilder, FileResult, RejectionLog, validate_file
+from .build import DatabaseBuilder
+from .load import FileResult, RejectionLog, validate_file
 from .manifest import (
     DATASET_NAME,
     WORK_PREFIX,

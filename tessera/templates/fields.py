@@ -5,17 +5,18 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from tessera.templates.model import TemplateError
 
 MAX_TEXT = 2000
 MAX_NAME = 64
-NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,79}$")
+# \Z, not $: "$" also matches before a trailing newline.
+NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
+ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,79}\Z")
 # Codes and labels: printable text, no control characters.
-LABEL_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
+LABEL_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,64}\Z")
 
 
 class Fields:
@@ -60,6 +61,13 @@ class Fields:
             )
         return v
 
+    def label(self, key: str) -> str:
+        """A label shown in results: 1 to 64 printable characters."""
+        v = self.text(key, max_len=64)
+        if not LABEL_RE.match(v):
+            raise TemplateError(self.at(key), "must be 1 to 64 printable characters")
+        return v
+
     def integer(self, key: str, *, lo: int, hi: int, default: int | None = None) -> int:
         v = self.raw(key, default if default is not None else ...)
         if isinstance(v, bool) or not isinstance(v, int):
@@ -72,7 +80,10 @@ class Fields:
         v = self.raw(key)
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise TemplateError(self.at(key), "must be a number")
-        f = float(v)
+        try:
+            f = float(v)
+        except OverflowError:  # an int too large for a float
+            raise TemplateError(self.at(key), "must be finite") from None
         if not math.isfinite(f):
             raise TemplateError(self.at(key), "must be finite")
         return f
@@ -121,7 +132,8 @@ class Fields:
 
 
 def parse_date(v: Any, where: str) -> date:
-    if isinstance(v, date):
+    # A datetime is a date subclass (TOML gives one for 2024-01-01T00:00:00): not a date here.
+    if isinstance(v, date) and not isinstance(v, datetime):
         return v
     if isinstance(v, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", v):
         try:

@@ -8,6 +8,7 @@ list, every bound must be finite and the domain small enough.
 from __future__ import annotations
 
 import itertools
+import re
 import tomllib
 from collections.abc import Mapping
 from datetime import date
@@ -210,7 +211,7 @@ def _parameters(f: Fields, source: schemas.Source) -> tuple[Parameter, ...]:
     out: list[Parameter] = []
     for name in sorted(raw):
         p = Fields(raw[name], f"parameters.{name}")
-        Fields({"name": name}, "parameters").name("name")
+        Fields({name: name}, "parameters").name(name)  # the error names parameters.<name>
         typ = p.text("type", max_len=10)
         desc = p.text("description", default="")
         if typ == "date":
@@ -309,7 +310,7 @@ def _dimension(f: Fields, ctx: _Ctx) -> Dimension:
         cats = []
         seen_codes: set[str] = set()
         for t in f.tables("categories", max_items=MAX_LABELS):
-            lab = t.text("label", max_len=64)
+            lab = t.label("label")
             codes = t.labels("codes", max_items=MAX_CODES)
             _codes_ok(col, codes, t.at("codes"))
             overlap = seen_codes & set(codes)
@@ -320,7 +321,7 @@ def _dimension(f: Fields, ctx: _Ctx) -> Dimension:
             t.done()
         if not cats:
             raise TemplateError(f.at("categories"), "must not be empty")
-        other = f.text("other", max_len=64) if f.has("other") else None
+        other = f.label("other") if f.has("other") else None
         result = CategoriesDim(name, col.name, tuple(cats), other)
     elif kind == "bands":
         bands = []
@@ -329,7 +330,7 @@ def _dimension(f: Fields, ctx: _Ctx) -> Dimension:
             hi = t.integer("max", lo=-MAX_BOUND, hi=MAX_BOUND)
             if lo > hi:
                 raise TemplateError(t.at("min"), "must not be above max")
-            bands.append(Band(t.text("label", max_len=64), lo, hi))
+            bands.append(Band(t.label("label"), lo, hi))
             t.done()
         if not bands:
             raise TemplateError(f.at("bands"), "must not be empty")
@@ -357,18 +358,24 @@ def _dimension(f: Fields, ctx: _Ctx) -> Dimension:
         raise TemplateError(f.at("kind"), "must be categories, bands or months")
     labels = result.labels
     if len(set(labels)) != len(labels):
-        raise TemplateError(f.at("kind"), "labels must be distinct")
+        # Months are distinct by construction; name the list (or `other`) that clashes.
+        own = (
+            labels[:-1]
+            if isinstance(result, CategoriesDim) and result.other is not None
+            else labels
+        )
+        clash = "other" if len(set(own)) == len(own) else kind
+        raise TemplateError(f.at(clash), "labels must be distinct")
     f.done()
     return result
 
 
 def _month(f: Fields, key: str) -> tuple[int, int]:
     v = f.text(key, max_len=7)
-    try:
-        y, m = int(v[:4]), int(v[5:7])
-    except ValueError:
-        y = m = 0
-    if len(v) != 7 or v[4] != "-" or not (1900 <= y <= 2200 and 1 <= m <= 12):
+    # ASCII digits only: int() alone would also take " 4", "+4", "0_4" and non-ASCII digits.
+    ok = re.fullmatch(r"[0-9]{4}-[0-9]{2}", v) is not None
+    y, m = (int(v[:4]), int(v[5:7])) if ok else (0, 0)
+    if not ok or not (1900 <= y <= 2200 and 1 <= m <= 12):
         raise TemplateError(f.at(key), "must be a month YYYY-MM")
     return y, m
 

@@ -222,3 +222,34 @@ def test_naive_now_is_refused(tmp_path: Path) -> None:
     files = valid_file_set(tmp_path, DATASETS["police"])
     with pytest.raises(ValueError, match="timezone"):
         ingest_dataset(DATASETS["police"], files, tmp_path, NOW.replace(tzinfo=None))
+
+
+def test_trailing_empty_fields_and_blank_lines_are_tolerated(tmp_path: Path) -> None:
+    src = tmp_path / "incidents.csv"
+    src.write_text(
+        "\n"  # 1: blank line before the header
+        "person_id,incident_date,incident_type\n"  # 2
+        "P1,2024-02-01,YOUTH_OFFENCE,,\n"  # 3: trailing empty fields from a spreadsheet
+        "P2,2024-02-01,YOUTH_OFFENCE,x\n"  # 4: a real extra field
+        "\n"  # 5
+        "P3,2024-02-01\n",  # 6
+    )
+    report = ingest_dataset(DATASETS["police"], {"incidents": [src]}, tmp_path / "data", NOW)
+    assert report.tables["incidents"].rows_loaded == 1
+    assert report.rejections == [
+        Rejection(str(src), 4, None, "expected 3 fields, found 4"),
+        Rejection(str(src), 6, None, "expected 3 fields, found 2"),
+    ]
+
+
+def test_parquet_timestamps_load_as_dates(tmp_path: Path) -> None:
+    incidents = tmp_path / "incidents.parquet"
+    with duckdb.connect() as con:
+        con.execute(
+            "COPY (SELECT 'P1' AS person_id, TIMESTAMP '2024-02-01 13:14:15' AS incident_date, "
+            f"'youth_offence' AS incident_type) TO '{incidents}' (FORMAT parquet)"
+        )
+    ingest_dataset(DATASETS["police"], {"incidents": [incidents]}, tmp_path / "data", NOW)
+    assert query(tmp_path / "data/police/v1.duckdb", "SELECT * FROM incidents") == [
+        ("P1", None, date(2024, 2, 1), "YOUTH_OFFENCE")
+    ]

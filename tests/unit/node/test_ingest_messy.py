@@ -202,3 +202,23 @@ def test_no_value_leaks_from_undecodable_bytes(
     episodes.write_bytes(b"CHILD,DECOM,LS,CIN,PLACE\r\nSECRETKID77\x81,01/04/2020,C2,N1,ZZQX9\r\n")
     err = _failing(tmp_path, episodes, caplog)
     assert "not readable as UTF-8 or Windows-1252" in str(err)
+
+
+def test_no_value_leaks_from_a_duckdb_load_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Force DuckDB to fail on a value; its own message would quote that value.
+    from node.ingest import build
+
+    real = build._create_sql
+    monkeypatch.setattr(
+        build, "_create_sql", lambda t: real(t).replace('"CHILD" VARCHAR', '"CHILD" BIGINT')
+    )
+    episodes = write_text(
+        tmp_path / "src" / "episodes.csv",
+        "CHILD,DECOM,LS,CIN,PLACE\nSECRETKID77,01/04/2020,C2,N1,U1\n",
+    )
+    err = _failing(tmp_path, episodes, caplog)
+    assert "internal error while loading table" in str(err)
+    assert err.__context__ is None and err.__cause__ is None
+    assert not list((tmp_path / "data" / "ssda903").glob(".ingest-*"))
