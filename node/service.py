@@ -121,7 +121,9 @@ class NodeService:
         except sqlite3.Error as e:
             # Disk full, I/O error: refuse rather than answer unpaid.
             log.error("ledger write failed (%s); nothing was released", type(e).__name__)
-            down = Refusal("UNAVAILABLE", "the budget ledger could not be written; nothing released")
+            down = Refusal(
+                "UNAVAILABLE", "the budget ledger could not be written; nothing released"
+            )
             self._audit_refusal(identity, signed, down, auth=auth)
             raise down from None
 
