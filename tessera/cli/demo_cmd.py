@@ -24,16 +24,28 @@ def register(sub: Any) -> None:
         type=Path,
         help="keep certificates, data and logs here instead of a temporary folder",
     )
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="after the demo, keep the federation running until Ctrl-C (use with --workdir)",
+    )
     p.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace, environ: dict[str, str]) -> int:
     from tessera.demo.run import DemoOptions, run
 
+    if args.serve and args.workdir is None:
+        print("--serve needs --workdir, so that the certificates and keys outlive the command")
+        return 2
     console = Console()
     summary = run(
         DemoOptions(
-            scale=args.scale, seed=args.seed, json_path=args.json_path, workdir=args.workdir
+            scale=args.scale,
+            seed=args.seed,
+            json_path=args.json_path,
+            workdir=args.workdir,
+            serve=args.serve,
         ),
         console,
     )

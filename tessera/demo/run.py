@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +39,8 @@ class DemoOptions:
     json_path: Path | None = None
     workdir: Path | None = None
     deadline_seconds: float = 10.0
+    # Keep the federation running after the demo until interrupted (needs workdir).
+    serve: bool = False
 
 
 def load_template(name: str, analyst_key: str) -> Template:
@@ -60,6 +64,24 @@ def _step(console: Console, text: str, fn: Callable[[], Any]) -> Any:
         out = fn()
     console.print(f"[green]✓[/green] {text} [dim]({time.perf_counter() - start:.1f} s)[/dim]")
     return out
+
+
+def _serve_until_interrupted(console: Console, root: Path, address: str) -> None:
+    certs = root / "certs"
+    console.rule("The federation keeps running: try it from another terminal")
+    console.print(
+        f"export TESSERA_COORDINATOR={address} TESSERA_TLS_DIR={certs}\n"
+        f"# as the analyst:\nexport TESSERA_IDENTITY=analyst TESSERA_KEY={root}/keys/analyst.key\n"
+        f"# or as an approver:\n"
+        f"export TESSERA_IDENTITY=approver-3 TESSERA_KEY={root}/keys/approver-3.key\n"
+        "Press Ctrl-C to stop every process."
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
 
 
 def _run_in(root: Path, options: DemoOptions, console: Console) -> dict[str, Any]:
@@ -177,6 +199,8 @@ def _run_in(root: Path, options: DemoOptions, console: Console) -> dict[str, Any
             ],
         }
         report.render(console, summary, drills, setup, rejected, options.scale)
+        if options.serve:
+            _serve_until_interrupted(console, root, address)
     console.print("[green]✓[/green] Every process has stopped.")
     if options.json_path is not None:
         options.json_path.write_text(json.dumps(summary, indent=2))

@@ -1,0 +1,104 @@
+"""Wiring for a coordinator process: build everything from config in main(argv, environ)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from coordinator import config as coordinator_config
+from coordinator.fanout import FanOut
+from coordinator.queries import Queries
+from coordinator.registry import Registry
+from coordinator.service import CoordinatorService
+from coordinator.servicer import CoordinatorServicer
+from coordinator.store import Store
+from tessera import serving
+from tessera.clock import Clock, SystemClock
+from tessera.keys import SigningKey
+from tessera.tls import TlsFiles
+from tessera.wire.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
+log = logging.getLogger("tessera.coordinator")
+
+
+@dataclass
+class RunningCoordinator:
+    service: CoordinatorService
+    running: serving.Running
+
+    @property
+    def port(self) -> int:
+        return self.running.port
+
+    def stop(self, grace: float = 2.0) -> None:
+        try:
+            self.running.stop(grace)
+        finally:
+            self.service.fanout.close()
+            self.service.store.close()
+
+
+def start(
+    cfg: coordinator_config.CoordinatorConfig, clock: Clock | None = None
+) -> RunningCoordinator:
+    clock = clock or SystemClock()
+    key = SigningKey.load(cfg.signing_key)
+    tls = TlsFiles(cfg.tls.cert, cfg.tls.key, cfg.tls.ca).load()
+    store = Store(
+        cfg.state_dir / "coordinator.sqlite", key, clock, threshold=cfg.approvers.threshold
+    )
+    fanout = FanOut(tls, cfg.max_message_bytes)
+    try:
+        registry = Registry(cfg.nodes, fanout, cfg.deadline_seconds, clock)
+        service = CoordinatorService(cfg, store, registry, fanout, clock)
+        service.reconcile()
+        # Best effort: a node that is down now is found again on the next ListNodes.
+        registry.refresh()
+        servicer = CoordinatorServicer(service, Queries(service))
+        running = serving.serve(
+            address=cfg.listen,
+            tls=tls,
+            register=lambda s: coordinator_pb2_grpc.add_CoordinatorServiceServicer_to_server(
+                servicer, s
+            ),
+            service_names=[SERVICE_NAME],
+            max_message_bytes=cfg.max_message_bytes,
+            max_workers=cfg.max_workers,
+        )
+    except BaseException:
+        fanout.close()
+        store.close()
+        raise
+    return RunningCoordinator(service, running)
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tessera coordinator serve")
+    parser.add_argument("--config", type=Path, required=True)
+    args = parser.parse_args(argv)
+    return serve_forever(coordinator_config.load(args.config))
+
+
+def serve_forever(cfg: coordinator_config.CoordinatorConfig) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    coordinator = start(cfg)
+    # One JSON line on stdout says the coordinator is ready and where.
+    print(json.dumps({"ready": True, "port": coordinator.port}), flush=True)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    coordinator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Running an analyst's signed request across the nodes, and the query history.
+
+The coordinator checks what it can before calling anyone (role, key, signature,
+template published and unexpired, analyst allowed, freshness, mode, parameters),
+but each node still decides for itself from the evidence it is sent. A request id
+already run returns the stored result: nothing is fanned out, nothing spent twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+
+from coordinator import combine
+from coordinator.config import Person
+from coordinator.fanout import Target
+from coordinator.model import (
+    NodeAnswer,
+    NodeProgress,
+    NodeReport,
+    Outcome,
+    QueryDone,
+    QueryEvent,
+    QueryRecord,
+    QueryResult,
+    TemplateRecord,
+)
+from coordinator.service import ANALYST, CoordinatorService
+from coordinator.store import Conflict
+from tessera import requests, templates
+from tessera.clock import isoformat
+from tessera.errors import Refusal
+from tessera.templates.model import Mode, Template
+
+RUNNING, RELEASED, WITHHELD = "running", "released", "withheld"
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A query that passed every check and is about to be fanned out."""
+
+    person: Person
+    identity: str | None
+    signed: requests.SignedRequest
+    request: requests.QueryRequest
+    record: TemplateRecord
+    template: Template
+    targets: tuple[Target, ...]
+    # Audience members the coordinator cannot route to, reported as failed nodes.
+    unrouted: tuple[Outcome[NodeAnswer], ...]
+
+
+class Queries:
+    def __init__(self, service: CoordinatorService) -> None:
+        self.s = service
+
+    def run_query(
+        self, identity: str | None, signed: requests.SignedRequest
+    ) -> Generator[QueryEvent, None, None]:
+        """Check the request (raising a Refusal), then return the stream of events: one
+        per node as it finishes, then the result."""
+        method = "RunQuery"
+        body = _parsed(signed)
+        context = {} if body is None else _request_context(body)
+        with self.s.refusals_audited(identity, method, **context):
+            person = self.s.caller(identity, method)
+            request = self._verified(person, signed)
+            existing = self.s.store.query(request.request_id)
+            if existing is not None:
+                self._same_request(existing, signed)
+                if existing.result is not None:
+                    return _replay(existing.result)
+                # Left running by a restart: run it again. Nodes answer a retried
+                # request id from their ledgers without spending.
+            run = self._prepare(person, identity, signed, request)
+            if existing is None:
+                self._begin(run)
+        return self._stream(run)
+
+    def _verified(self, person: Person, signed: requests.SignedRequest) -> requests.QueryRequest:
+        try:
+            request = requests.parse(signed.body)
+        except requests.RequestError as e:
+            raise Refusal("INVALID_ARGUMENT", str(e)) from None
+        if request.analyst_key != person.key:
+            raise Refusal("PERMISSION_DENIED", "the request is not signed with your registered key")
+        try:
+            return requests.verify(signed)
+        except requests.RequestSignatureError as e:
+            raise Refusal("UNAUTHENTICATED", str(e)) from None
+
+    def _same_request(self, existing: QueryRecord, signed: requests.SignedRequest) -> None:
+        if (existing.request_body, existing.request_signature) != (signed.body, signed.signature):
+            raise Refusal("ALREADY_EXISTS", "this request id was already used for another request")
+
+    def _prepare(
+        self,
+        person: Person,
+        identity: str | None,
+        signed: requests.SignedRequest,
+        request: requests.QueryRequest,
+    ) -> _Run:
+        rec = self.s.store.template(request.template_digest)
+        if rec is None:
+            raise Refusal("FAILED_PRECONDITION", "the coordinator has no such template")
+        if rec.state != "published":
+            raise Refusal(
+                "FAILED_PRECONDITION",
+                f"the template has {len(rec.approvals)} of the "
+                f"{rec.approvals_required} approvals needed to publish it",
+            )
+        t = templates.parse_canonical(rec.canonical)
+        now = self.s.clock.now()
+        if t.access.expires < now.date():
+            raise Refusal("FAILED_PRECONDITION", f"the template expired on {t.access.expires}")
+        if t.analyst(request.analyst_key) is None:
+            raise Refusal("PERMISSION_DENIED", "the template does not allow this analyst")
+        try:
+            requests.check_fresh(request, now)
+        except requests.StaleRequest as e:
+            raise Refusal("FAILED_PRECONDITION", str(e)) from None
+        if request.mode is Mode.PER_NODE and not t.access.per_node_breakdown:
+            raise Refusal("PERMISSION_DENIED", "the template does not permit per-node answers")
+        if request.mode is Mode.SECURE_AGGREGATION:
+            raise Refusal("UNIMPLEMENTED", "secure aggregation is not available in this version")
+        try:
+            templates.bind(t, request.params)
+        except templates.ParamError as e:
+            raise Refusal("INVALID_ARGUMENT", str(e)) from None
+        targets, unrouted = self._route(t.dataset, request.audience)
+        return _Run(person, identity, signed, request, rec, t, targets, unrouted)
+
+    def _route(
+        self, dataset: str, audience: Sequence[str]
+    ) -> tuple[tuple[Target, ...], tuple[Outcome[NodeAnswer], ...]]:
+        """The audience nodes hosting the dataset; the rest named with the reason."""
+        reg = self.s.registry
+        routed, unrouted = [], []
+        for org in sorted(set(audience)):
+            if not reg.knows(org):
+                unrouted.append(
+                    Outcome[NodeAnswer](
+                        org,
+                        "NOT_FOUND",
+                        "no node of this name is registered with the coordinator",
+                        0.0,
+                    )
+                )
+            elif not reg.hosts(org, dataset):
+                unrouted.append(
+                    Outcome[NodeAnswer](
+                        org, "FAILED_PRECONDITION", f"the node does not host {dataset}", 0.0
+                    )
+                )
+            else:
+                routed.append(org)
+        return tuple(reg.targets(routed)), tuple(unrouted)
+
+    def _begin(self, run: _Run) -> None:
+        r = run.request
+        q = QueryRecord(
+            r.request_id,
+            run.person.name,
+            r.analyst_key,
+            isoformat(self.s.clock.now()),
+            RUNNING,
+            run.signed.body,
+            run.signed.signature,
+            None,
+        )
+        asked = [t.organisation for t in run.targets]
+        body = self.s.audit_body(
+            run.identity,
+            "RunQuery",
+            "OK",
+            f"routed to {', '.join(asked) or 'no node'}",
+            **_request_context(r),
+        )
+        try:
+            self.s.store.begin_query(q, body)
+        except Conflict:  # the same request arrived twice at once
+            existing = self.s.store.query(r.request_id)
+            if existing is not None:
+                self._same_request(existing, run.signed)
+
+    def _stream(self, run: _Run) -> Generator[QueryEvent, None, None]:
+        total = len(run.targets) + len(run.unrouted)
+        outcomes: list[Outcome[NodeAnswer]] = list(run.unrouted)
+        pending = self.s.fanout.execute(
+            run.targets,
+            run.record.canonical,
+            run.record.approvals,
+            run.signed,
+            self.s.cfg.deadline_seconds,
+        )
+        finished = False
+        try:
+            for o in run.unrouted:
+                yield NodeProgress(_report(o), total)
+            for o in pending:
+                self.s.registry.record(o)
+                outcomes.append(o)
+                yield NodeProgress(_report(o), total)
+            finished = True
+            yield QueryDone(self._finish(run, outcomes), total)
+        finally:
+            if not finished:
+                # The caller went away: still collect every node and store the result.
+                for o in pending:
+                    self.s.registry.record(o)
+                    outcomes.append(o)
+                self._finish(run, outcomes)
+
+    def _finish(self, run: _Run, outcomes: list[Outcome[NodeAnswer]]) -> QueryResult:
+        r = run.request
+        result = combine.combine(run.template, run.record.digest, r.request_id, r.mode, outcomes)
+        answered = [n.organisation for n in result.nodes if n.contributed]
+        message = (
+            f"released from {', '.join(answered)}" if result.released else result.withheld_reason
+        )
+        body = self.s.audit_body(run.identity, "RunQuery", "OK", message, **_request_context(r))
+        body["cost"] = {result.privacy_spent.kind: result.privacy_spent.value}
+        body["nodes"] = {n.organisation: n.status for n in result.nodes}
+        state = RELEASED if result.released else WITHHELD
+        self.s.store.finish_query(r.request_id, state, result, body)
+        return result
+
+    # -- history ---------------------------------------------------------------------
+
+    def get_query(self, identity: str | None, query_id: str) -> QueryRecord:
+        with self.s.refusals_audited(identity, "GetQuery"):
+            person = self.s.caller(identity, "GetQuery")
+            q = self.s.store.query(query_id)
+            # Someone else's query is as invisible as one that does not exist.
+            if q is None or (person.role == ANALYST and q.analyst_key != person.key):
+                raise Refusal("NOT_FOUND", "no query with that id")
+        return q
+
+    def list_queries(self, identity: str | None, limit: int) -> list[QueryRecord]:
+        with self.s.refusals_audited(identity, "ListQueries"):
+            person = self.s.caller(identity, "ListQueries")
+        key = person.key if person.role == ANALYST else None
+        return self.s.store.queries(key, limit or 100)
+
+
+def _parsed(signed: requests.SignedRequest) -> requests.QueryRequest | None:
+    try:
+        return requests.parse(signed.body)
+    except requests.RequestError:
+        return None
+
+
+def _request_context(r: requests.QueryRequest) -> dict[str, object]:
+    return {
+        "template_digest": r.template_digest,
+        "params": dict(r.params),
+        "mode": r.mode.value,
+        "request_id": r.request_id,
+    }
+
+
+def _report(o: Outcome[NodeAnswer]) -> NodeReport:
+    return NodeReport(o.organisation, o.status, o.message, o.ok, o.latency_ms)
+
+
+def _replay(result: QueryResult) -> Generator[QueryEvent, None, None]:
+    total = len(result.nodes)
+    for n in result.nodes:
+        yield NodeProgress(n, total)
+    yield QueryDone(result, total)

@@ -1,0 +1,152 @@
+"""A small real region for tests: council nodes and a coordinator, in process, over
+mutual TLS with real certificates, and clients for the analyst and the approvers."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coordinator import config as cc
+from coordinator import main as coordinator_main
+from tessera.client import Client
+from tessera.keys import SigningKey
+from tessera.tls import make_certificate
+from tests.support import federation as fedlib
+
+COUNCILS = ("Bradford", "Leeds", "Wakefield")
+APPROVERS = ("approver0", "approver1", "approver2")
+ANALYST = "analyst"
+BUDGETS = {"ssda903": (20.0, None), "cin": (None, 5.0)}
+
+
+def issue_user_certs(fed: fedlib.Federation, names: Sequence[str]) -> None:
+    """Client certificates for people, signed by the federation's CA."""
+    for name in names:
+        make_certificate(fed.certs.ca, name, fed.root / "certs")
+
+
+def coordinator_config(
+    fed: fedlib.Federation,
+    node_ports: dict[str, int | str],
+    *,
+    deadline_seconds: float = 5.0,
+    threshold: int = 2,
+) -> cc.CoordinatorConfig:
+    """Nodes at localhost:<port> (or a full host:port); the analyst and three
+    approvers as people; k = `threshold` of the federation's approvers."""
+    base = fed.root / "coordinator"
+    key_path = base / "coordinator.key"
+    if not key_path.exists():
+        SigningKey.generate().save(key_path)
+    tls = fed.tls("coordinator")
+    people = [cc.Person(ANALYST, "Test Analyst", "analyst", fed.analyst.public.key_id)]
+    people += [
+        cc.Person(name, f"Approver {i}", "approver", fed.approvers[i].public.key_id)
+        for i, name in enumerate(APPROVERS)
+    ]
+    nodes = tuple(
+        cc.NodeConfig(
+            org, port if isinstance(port, str) else f"localhost:{port}", org, ("ssda903", "cin")
+        )
+        for org, port in node_ports.items()
+    )
+    return cc.CoordinatorConfig(
+        organisation="West Yorkshire test region",
+        listen="127.0.0.1:0",
+        state_dir=base / "state",
+        signing_key=key_path,
+        tls=cc.TlsConfig(tls.cert, tls.key, tls.ca),
+        approvers=cc.ApproversConfig(
+            threshold,
+            tuple(
+                cc.TrustedApprover(f"Approver {i}", k.public.key_id)
+                for i, k in enumerate(fed.approvers)
+            ),
+        ),
+        people=tuple(people),
+        nodes=nodes,
+        deadline_seconds=deadline_seconds,
+    )
+
+
+@dataclass
+class Region:
+    fed: fedlib.Federation
+    nodes: dict[str, Any]
+    cfg: cc.CoordinatorConfig
+    coordinator: Any = None
+    clients: list[Client] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"localhost:{self.coordinator.port}"
+
+    def client(self, name: str, key: SigningKey | None = None) -> Client:
+        c = Client(self.address, self.fed.tls(name), key, timeout=30)
+        self.clients.append(c)
+        return c
+
+    def analyst(self) -> Client:
+        return self.client(ANALYST, self.fed.analyst)
+
+    def approver(self, i: int) -> Client:
+        return self.client(APPROVERS[i], self.fed.approvers[i])
+
+    def restart_coordinator(self) -> None:
+        self.coordinator.stop(0)
+        self.coordinator = coordinator_main.start(self.cfg)
+
+    def stop_node(self, organisation: str) -> None:
+        self.nodes.pop(organisation).stop(0)
+
+    def stop(self) -> None:
+        for c in self.clients:
+            c.close()
+        if self.coordinator is not None:
+            self.coordinator.stop(0)
+        for n in self.nodes.values():
+            n.stop(0)
+
+
+def start_region(
+    root: Path,
+    councils: Sequence[str] = COUNCILS,
+    *,
+    extra_nodes: dict[str, str] | None = None,
+    **coordinator_options: Any,
+) -> Region:
+    """Start the councils' nodes, then a coordinator routing to them (and to
+    `extra_nodes`, organisation -> host:port, which tests use for dead or hung nodes)."""
+    from node.main import start
+
+    fed = fedlib.make(root, node_names=list(councils))
+    issue_user_certs(fed, [ANALYST, *APPROVERS])
+    nodes: dict[str, Any] = {}
+    try:
+        for org in councils:
+            cfg = fedlib.node_config(fed, org, budgets=BUDGETS)
+            fedlib.ingest_council(fed, cfg)
+            nodes[org] = start(cfg)
+        ports: dict[str, int | str] = {org: n.port for org, n in nodes.items()}
+        ports.update(extra_nodes or {})
+        cfg = coordinator_config(fed, ports, **coordinator_options)
+        region = Region(fed, nodes, cfg)
+        region.coordinator = coordinator_main.start(cfg)
+    except BaseException:
+        for n in nodes.values():
+            n.stop(0)
+        raise
+    return region
+
+
+def published(region: Region, template_name: str, *, version: int = 1, **access: Any) -> str:
+    """Submit a reference template (with the test analyst allowed, at `version`) and
+    have two approvers sign it. Returns its digest."""
+    t = dataclasses.replace(region.fed.template(template_name, **access), version=version)
+    info = region.analyst().submit_template(t)
+    for i in (0, 1):
+        region.approver(i).approve(info.digest)
+    return info.digest
