@@ -128,7 +128,13 @@ class Fields:
     def done(self) -> None:
         extra = sorted(set(self._data) - self._seen)
         if extra:
-            raise TemplateError(self.at(extra[0]), "is not a known field")
+            raise TemplateError(self.at(safe_key(extra[0])), "is not a known field")
+
+
+def safe_key(key: Any) -> str:
+    """An unknown key as it may appear in an error: printable and short."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in str(key)[:40]) or "?"
+    return text + ("..." if len(str(key)) > 40 else "")
 
 
 def parse_date(v: Any, where: str) -> date:
