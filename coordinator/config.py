@@ -6,29 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tessera import config, keys, schemas
+from tessera.config import ApproversConfig, TlsConfig
 
 ROLES = ("analyst", "approver")
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    cert: Path
-    key: Path
-    ca: Path
-
-
-@dataclass(frozen=True)
-class TrustedApprover:
-    name: str
-    key: str
-
-
-@dataclass(frozen=True)
-class ApproversConfig:
-    """A template is published once `threshold` distinct trusted approvers have signed it."""
-
-    threshold: int
-    trusted: tuple[TrustedApprover, ...]
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from coordinator.model import (
     QueryResult,
     TemplateRecord,
 )
-from coordinator.service import ANALYST, CoordinatorService
+from coordinator.service import PUBLISHED, CoordinatorService
 from coordinator.store import Conflict
 from tessera import requests, templates
 from tessera.clock import isoformat
@@ -103,7 +103,7 @@ class Queries:
         rec = self.s.store.template(request.template_digest)
         if rec is None:
             raise Refusal("FAILED_PRECONDITION", "the coordinator has no such template")
-        if rec.state != "published":
+        if rec.state != PUBLISHED:
             raise Refusal(
                 "FAILED_PRECONDITION",
                 f"the template has {len(rec.approvals)} of the "
@@ -232,15 +232,14 @@ class Queries:
             person = self.s.caller(identity, "GetQuery")
             q = self.s.store.query(query_id)
             # Someone else's query is as invisible as one that does not exist.
-            if q is None or (person.role == ANALYST and q.analyst_key != person.key):
+            if q is None or q.analyst_key != person.key:
                 raise Refusal("NOT_FOUND", "no query with that id")
         return q
 
     def list_queries(self, identity: str | None, limit: int) -> list[QueryRecord]:
         with self.s.refusals_audited(identity, "ListQueries"):
             person = self.s.caller(identity, "ListQueries")
-        key = person.key if person.role == ANALYST else None
-        return self.s.store.queries(key, limit or 100)
+        return self.s.store.queries(person.key, limit or 100)
 
 
 def _parsed(signed: requests.SignedRequest) -> requests.QueryRequest | None:

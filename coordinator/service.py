@@ -29,25 +29,10 @@ log = logging.getLogger("tessera.coordinator")
 PENDING, PUBLISHED = "pending", "published"
 ANALYST, APPROVER = "analyst", "approver"
 # What each role may call. Analysts cannot approve; approvers cannot run queries.
+_EITHER = {"SubmitTemplate", "ListTemplates", "GetTemplate", "ListNodes", "GetBudgets"}
 ROLE_METHODS = {
-    ANALYST: {
-        "SubmitTemplate",
-        "ListTemplates",
-        "GetTemplate",
-        "ListNodes",
-        "GetBudgets",
-        "RunQuery",
-        "GetQuery",
-        "ListQueries",
-    },
-    APPROVER: {
-        "SubmitTemplate",
-        "ListTemplates",
-        "GetTemplate",
-        "ListNodes",
-        "GetBudgets",
-        "AddApproval",
-    },
+    ANALYST: _EITHER | {"RunQuery", "GetQuery", "ListQueries"},
+    APPROVER: _EITHER | {"AddApproval"},
 }
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 

@@ -8,27 +8,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 from tessera import config, keys, schemas
+from tessera.config import ApproversConfig, TlsConfig
 
 ROLES = ("coordinator", "operator")
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    cert: Path
-    key: Path
-    ca: Path
-
-
-@dataclass(frozen=True)
-class TrustedApprover:
-    name: str
-    key: str
-
-
-@dataclass(frozen=True)
-class ApproversConfig:
-    threshold: int
-    trusted: tuple[TrustedApprover, ...]
 
 
 @dataclass(frozen=True)

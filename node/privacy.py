@@ -30,6 +30,14 @@ dp.enable_features("contrib")
 IntVector = npt.NDArray[np.int64]
 # OpenDP's float maps can land a hair above the nominal value (see dependency notes).
 _TOLERANCE = 1e-9
+# OpenDP's discrete Gaussian accuracy walks the distribution one integer at a time: about
+# 0.4 s at scale 1e6, hours at the 1e11 that the template language's widest bounds can
+# need. Such noise swamps any answer; the template is refused instead of hanging a worker.
+MAX_GAUSSIAN_SCALE = 1e6
+
+
+class CalibrationError(ValueError):
+    """A declared cost that no usable mechanism meets at the template's sensitivity."""
 
 
 @dataclass(frozen=True)
@@ -78,10 +86,22 @@ def _d_in(kind: str, s: Sensitivity) -> Any:
 def _calibrate(kind: str, l1: float, l2: float, budget: float) -> tuple[float, float]:
     make = _laplace if kind == "epsilon" else _gaussian
     d_in = _d_in(kind, Sensitivity(l1, l2))
-    scale = float(dp.binary_search_param(make, d_in=d_in, d_out=budget))
-    loss = float(make(scale).map(d_in))
+    try:
+        # A cost so small for its sensitivity that no finite scale meets it makes OpenDP's
+        # search fail ("scale must not be negative").
+        scale = float(dp.binary_search_param(make, d_in=d_in, d_out=budget))
+        loss = float(make(scale).map(d_in))
+    except dp.OpenDPException:
+        raise CalibrationError(
+            f"no noise scale meets {kind} {budget:g} at sensitivity {d_in:g}"
+        ) from None
     if loss > budget * (1 + _TOLERANCE):
-        raise ValueError("OpenDP could not calibrate a mechanism within the declared cost")
+        raise CalibrationError("OpenDP could not calibrate a mechanism within the declared cost")
+    if kind == "rho" and scale > MAX_GAUSSIAN_SCALE:
+        raise CalibrationError(
+            f"the noise scale needed ({scale:.3g}) is above {MAX_GAUSSIAN_SCALE:g}; "
+            "narrow the bounds or raise rho"
+        )
     return scale, loss
 
 

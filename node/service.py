@@ -118,8 +118,11 @@ class NodeService:
         except Refusal as r:
             self._audit_refusal(identity, signed, r, auth=auth)
             raise
-        except sqlite3.Error as e:
-            # Disk full, I/O error: refuse rather than answer unpaid.
+        except (sqlite3.Error, OSError) as e:
+            # Disk full, I/O error: refuse rather than answer unpaid. An OSError comes
+            # from the audit head written after the commit (a full disk with room left
+            # in the WAL): the spend may be recorded, so a retry of the same request id
+            # returns that answer at no further cost once the disk has room.
             log.error("ledger write failed (%s); nothing was released", type(e).__name__)
             down = Refusal(
                 "UNAVAILABLE", "the budget ledger could not be written; nothing released"
@@ -145,7 +148,10 @@ class NodeService:
         )
         # Cheap refusals first: replays and spent budgets never touch the data.
         self.ledger.seen(req)
-        calibrations = privacy.calibrate(t.privacy, measure_sensitivities(t.statistic))
+        try:
+            calibrations = privacy.calibrate(t.privacy, measure_sensitivities(t.statistic))
+        except privacy.CalibrationError as e:
+            raise Refusal("INVALID_ARGUMENT", f"the template's privacy cost: {e}") from None
         cost = privacy.total_loss(calibrations)
         release = None
         ds_cfg = self.cfg.datasets[t.dataset]

@@ -31,7 +31,11 @@ def decode(data: bytes, *, max_bytes: int = 1 << 20) -> Any:
         raise CanonicalError(f"encoding is {len(data)} bytes, over the limit of {max_bytes}")
     try:
         value = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+    except CanonicalError:
+        raise
+    except (ValueError, RecursionError) as e:
+        # ValueError beyond JSONDecodeError and UnicodeDecodeError: an integer literal
+        # over Python's 4300-digit conversion limit.
         raise CanonicalError(f"not valid JSON: {type(e).__name__}") from None
     if encode(value) != data:
         raise CanonicalError("bytes are not in canonical form")

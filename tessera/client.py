@@ -17,11 +17,8 @@ was shown.
 
 from __future__ import annotations
 
-import csv
-import importlib
-import io
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,202 +26,46 @@ from typing import Any
 import grpc
 
 from tessera import approvals, requests, templates
+from tessera.client_types import (
+    Cell,
+    ClientError,
+    DatasetBudget,
+    NodeBudget,
+    NodeInfo,
+    NodeReport,
+    Progress,
+    ProgressCallback,
+    QueryInfo,
+    QueryResult,
+    TemplateInfo,
+    error_from_rpc,
+    node_budget,
+    node_info,
+    node_report,
+    query_info,
+    query_result,
+    template_info,
+)
 from tessera.keys import SigningKey
 from tessera.templates.model import Mode, Template
 from tessera.tls import TlsFiles
 from tessera.wire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
 pb = coordinator_pb2
-_MODE_NAMES = {
-    common_pb2.MODE_COMBINED: "combined",
-    common_pb2.MODE_PER_NODE: "per_node",
-    common_pb2.MODE_SECURE_AGGREGATION: "secure_aggregation",
-}
-
-
-class ClientError(Exception):
-    """The coordinator refused a call, or could not be reached. `code` is the gRPC status name."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True)
-class TemplateInfo:
-    digest: str
-    id: str
-    version: int
-    title: str
-    state: str
-    approvals: int
-    approvals_required: int
-    submitted_by: str
-    submitted_at: str
-    canonical: bytes
-
-    @property
-    def template(self) -> Template:
-        return templates.parse_canonical(self.canonical)
-
-
-@dataclass(frozen=True)
-class Cell:
-    key: dict[str, str]
-    estimate: float
-    ci95: tuple[float, float]
-    suppressed: bool
-
-
-@dataclass(frozen=True)
-class NodeReport:
-    organisation: str
-    status: str
-    message: str
-    contributed: bool
-    latency_ms: float
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One node has finished: `done` of `total` nodes so far."""
-
-    node: NodeReport
-    done: int
-    total: int
-
-
-@dataclass(frozen=True)
-class QueryResult:
-    query_id: str
-    template: str
-    template_digest: str
-    mode: str
-    released: bool
-    withheld_reason: str
-    statistic: str
-    dimensions: list[str]
-    nodes: list[NodeReport]
-    privacy_spent: dict[str, float]
-    cells: list[Cell]
-    per_node: dict[str, list[Cell]] | None = None
-
-    @property
-    def nodes_answered(self) -> list[str]:
-        return [n.organisation for n in self.nodes if n.status == "OK"]
-
-    @property
-    def nodes_missing(self) -> dict[str, str]:
-        """Each node that did not answer, with why: "STATUS: message"."""
-        return {n.organisation: f"{n.status}: {n.message}" for n in self.nodes if n.status != "OK"}
-
-    def to_rows(self) -> list[dict[str, Any]]:
-        """One row per cell. With a per-node breakdown, `scope` says whose cell it is."""
-        scoped = [("combined", self.cells), *sorted((self.per_node or {}).items())]
-        rows = []
-        for scope, cells in scoped:
-            for c in cells:
-                row: dict[str, Any] = {"scope": scope} if self.per_node is not None else {}
-                row.update(c.key)
-                row.update(
-                    estimate=c.estimate,
-                    ci95_low=c.ci95[0],
-                    ci95_high=c.ci95[1],
-                    suppressed=c.suppressed,
-                )
-                rows.append(row)
-        return rows
-
-    def to_csv(self, path: str | Path | None = None) -> str:
-        """The rows as CSV text; also written to `path` when one is given."""
-        rows = self.to_rows()
-        columns = (
-            (["scope"] if self.per_node is not None else [])
-            + self.dimensions
-            + ["estimate", "ci95_low", "ci95_high", "suppressed"]
-        )
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        text = out.getvalue()
-        if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
-        return text
-
-    def to_pandas(self) -> Any:
-        try:
-            pandas = importlib.import_module("pandas")
-        except ImportError:
-            raise ImportError(
-                "to_pandas() needs pandas, which is not installed: pip install pandas "
-                "(or use to_rows() / to_csv())"
-            ) from None
-        return pandas.DataFrame(self.to_rows())
-
-    def to_json_dict(self) -> dict[str, Any]:
-        """The shape `tessera demo --json` writes for one query."""
-
-        def cells(cs: Sequence[Cell]) -> list[dict[str, Any]]:
-            return [{"key": dict(c.key), "estimate": c.estimate, "ci95": list(c.ci95)} for c in cs]
-
-        out: dict[str, Any] = {
-            "template": self.template,
-            "mode": self.mode,
-            "nodes_answered": self.nodes_answered,
-            "nodes_missing": list(self.nodes_missing),
-            "privacy_spent": dict(self.privacy_spent),
-            "cells": cells(self.cells),
-        }
-        if self.per_node is not None:
-            out["per_node"] = [
-                {"organisation": org, "cells": cells(cs)}
-                for org, cs in sorted(self.per_node.items())
-            ]
-        return out
-
-
-@dataclass(frozen=True)
-class QueryInfo:
-    query_id: str
-    analyst: str
-    submitted_at: str
-    state: str
-    result: QueryResult | None
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    organisation: str
-    address: str
-    identity: str
-    datasets: list[str]
-    health: str
-    detail: str
-
-
-@dataclass(frozen=True)
-class DatasetBudget:
-    name: str
-    version: int
-    kind: str
-    total: float
-    spent: float
-
-    @property
-    def remaining(self) -> float:
-        return max(self.total - self.spent, 0.0)
-
-
-@dataclass(frozen=True)
-class NodeBudget:
-    organisation: str
-    status: str
-    datasets: list[DatasetBudget]
-
-
-ProgressCallback = Callable[[Progress], None]
+_DIGEST = re.compile(r"^[0-9a-f]{64}$")
+__all__ = [
+    "Cell",
+    "Client",
+    "ClientError",
+    "DatasetBudget",
+    "NodeBudget",
+    "NodeInfo",
+    "NodeReport",
+    "Progress",
+    "QueryInfo",
+    "QueryResult",
+    "TemplateInfo",
+]
 
 
 class Client:
@@ -255,7 +96,7 @@ class Client:
         try:
             return getattr(self._stub, method)(request, timeout=self.timeout)
         except grpc.RpcError as e:
-            raise _error(e) from None
+            raise error_from_rpc(e) from None
 
     # -- templates -------------------------------------------------------------------
 
@@ -268,23 +109,25 @@ class Client:
         else:
             text = Path(template_or_path).read_text(encoding="utf-8")
             canonical = templates.encode(templates.load_toml(text))
-        return _template(
+        return template_info(
             self._call("SubmitTemplate", pb.SubmitTemplateRequest(canonical=canonical))
         )
 
     def list_templates(self, state: str = "") -> list[TemplateInfo]:
         reply = self._call("ListTemplates", pb.ListTemplatesRequest(state=state))
-        return [_template(t) for t in reply.templates]
+        return [template_info(t) for t in reply.templates]
 
     def get_template(self, digest_or_id: str) -> TemplateInfo:
         """By digest, or by id for the newest version with that id."""
-        return _template(
+        return template_info(
             self._call("GetTemplate", pb.GetTemplateRequest(digest_or_id=digest_or_id))
         )
 
     def approve(self, digest: str) -> TemplateInfo:
         """Sign the template with this digest (as fetched and checked here) and send the
-        approval."""
+        approval. Takes the full digest, never an id: you sign what you have read."""
+        if not _DIGEST.match(digest):
+            raise ValueError("approve() takes the template's full 64-hex digest")
         key = self._key()
         info = self.get_template(digest)
         signed = approvals.sign(info.digest, key)
@@ -297,7 +140,7 @@ class Client:
                 ),
             ),
         )
-        return _template(reply)
+        return template_info(reply)
 
     # -- queries ---------------------------------------------------------------------
 
@@ -349,48 +192,30 @@ class Client:
         try:
             for event in self._stub.RunQuery(message, timeout=self.timeout):
                 if event.HasField("result"):
-                    return _result(event.result)
+                    return query_result(event.result)
                 done += 1
                 if on_progress is not None:
-                    on_progress(Progress(_node(event.node), done, event.nodes_total))
+                    on_progress(Progress(node_report(event.node), done, event.nodes_total))
         except grpc.RpcError as e:
-            raise _error(e) from None
+            raise error_from_rpc(e) from None
         raise ClientError("UNAVAILABLE", "the coordinator ended the query without a result")
 
     def get_query(self, query_id: str) -> QueryInfo:
-        return _query(self._call("GetQuery", pb.GetQueryRequest(query_id=query_id)))
+        return query_info(self._call("GetQuery", pb.GetQueryRequest(query_id=query_id)))
 
     def list_queries(self, limit: int = 100) -> list[QueryInfo]:
         reply = self._call("ListQueries", pb.ListQueriesRequest(limit=limit))
-        return [_query(q) for q in reply.queries]
+        return [query_info(q) for q in reply.queries]
 
     # -- nodes -----------------------------------------------------------------------
 
     def nodes(self) -> list[NodeInfo]:
         reply = self._call("ListNodes", pb.ListNodesRequest())
-        return [
-            NodeInfo(n.organisation, n.address, n.identity, list(n.datasets), n.health, n.detail)
-            for n in reply.nodes
-        ]
+        return [node_info(n) for n in reply.nodes]
 
     def budgets(self) -> list[NodeBudget]:
         reply = self._call("GetBudgets", pb.GetBudgetsRequest())
-        out = []
-        for n in reply.nodes:
-            datasets = []
-            for d in n.datasets:
-                kind = d.budget_total.WhichOneof("loss") or "epsilon"
-                datasets.append(
-                    DatasetBudget(
-                        d.name,
-                        d.version,
-                        kind,
-                        getattr(d.budget_total, kind),
-                        getattr(d.budget_spent, kind),
-                    )
-                )
-            out.append(NodeBudget(n.organisation, n.status, datasets))
-        return out
+        return [node_budget(n) for n in reply.nodes]
 
     # -- helpers ---------------------------------------------------------------------
 
@@ -398,74 +223,3 @@ class Client:
         if self.signing_key is None:
             raise ValueError("this call signs: give the Client your signing_key")
         return self.signing_key
-
-
-def _error(e: grpc.RpcError) -> ClientError:
-    code = e.code() if hasattr(e, "code") else None
-    details = e.details() if hasattr(e, "details") else None
-    name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
-    return ClientError(name, details or "")
-
-
-def _template(t: pb.TemplateRecord) -> TemplateInfo:
-    canonical = t.template.canonical
-    # Never trust a digest we did not compute: approvals and requests are signed over it.
-    if templates.digest_of_bytes(canonical) != t.digest:
-        raise ClientError(
-            "DATA_LOSS", "the coordinator sent a template whose digest does not match"
-        )
-    return TemplateInfo(
-        t.digest,
-        t.id,
-        t.version,
-        t.title,
-        t.state,
-        len(t.template.approvals),
-        t.approvals_required,
-        t.submitted_by,
-        t.submitted_at,
-        canonical,
-    )
-
-
-def _node(n: pb.NodeOutcome) -> NodeReport:
-    return NodeReport(n.organisation, n.status, n.message, n.contributed, n.latency_ms)
-
-
-def _cells(dims: list[str], cells: Sequence[common_pb2.ReleasedCell]) -> list[Cell]:
-    return [
-        Cell(
-            dict(zip(dims, c.labels, strict=True)),
-            c.estimate,
-            (c.ci95_low, c.ci95_high),
-            c.suppressed,
-        )
-        for c in cells
-    ]
-
-
-def _result(r: pb.QueryResult) -> QueryResult:
-    dims = [d.name for d in r.dimensions]
-    kind = r.privacy_spent.WhichOneof("loss") or "epsilon"
-    mode = _MODE_NAMES.get(r.mode, "combined")
-    return QueryResult(
-        query_id=r.query_id,
-        template=r.template_id,
-        template_digest=r.template_digest,
-        mode=mode,
-        released=r.released,
-        withheld_reason=r.withheld_reason,
-        statistic=r.statistic,
-        dimensions=dims,
-        nodes=[_node(n) for n in r.nodes],
-        privacy_spent={kind: getattr(r.privacy_spent, kind)},
-        cells=_cells(dims, r.cells),
-        per_node={n.organisation: _cells(dims, n.cells) for n in r.per_node}
-        if mode == "per_node" and r.released
-        else None,
-    )
-
-
-def _query(q: pb.QueryRecord) -> QueryInfo:
-    result = _result(q.result) if q.HasField("result") else None
-    return QueryInfo(q.query_id, q.analyst, q.submitted_at, q.state, result)

@@ -11,12 +11,37 @@ import tomllib
 import types
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import tomli_w
 
 T = TypeVar("T")
+
+
+# Sections that node and coordinator configs share.
+@dataclass(frozen=True)
+class TlsConfig:
+    """A party's certificate and key, and the federation CA certificate."""
+
+    cert: Path
+    key: Path
+    ca: Path
+
+
+@dataclass(frozen=True)
+class TrustedApprover:
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class ApproversConfig:
+    """Approvers trusted here, and how many distinct ones a template needs."""
+
+    threshold: int
+    trusted: tuple[TrustedApprover, ...]
 
 
 class ConfigError(ValueError):

@@ -148,7 +148,8 @@ def parse(body: bytes) -> QueryRequest:
         raise RequestError("nonce must be 32 to 64 lower-case hex digits")
     try:
         issued, expires = parse_iso(d["issued_at"]), parse_iso(d["expires_at"])
-    except (TypeError, ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        # OverflowError: a time at the edge of the calendar moved out of range into UTC.
         raise RequestError("issued_at and expires_at must be ISO times with a zone") from None
     aud = d["audience"]
     if not (

@@ -46,7 +46,11 @@ def serve(
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_metadata_size", 16 * 1024),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=options)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        options=options,
+        interceptors=[RefuseUndecodable()],
+    )
     register(server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -60,6 +64,65 @@ def serve(
     for name in ("", *service_names):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return Running(server, port, health_servicer)
+
+
+class _Undecodable:
+    """Stands for a request payload that is not a valid message of the method's type."""
+
+
+_UNDECODABLE = _Undecodable()
+_UNDECODABLE_MESSAGE = "the request payload is not a valid protobuf message for this method"
+
+
+class RefuseUndecodable(grpc.ServerInterceptor):  # type: ignore[misc]
+    """A payload that does not decode is the caller's error: answer INVALID_ARGUMENT.
+
+    Left alone, grpc answers INTERNAL ("Exception deserializing request!") before any
+    servicer runs. Here the deserializer never raises; it hands the servicer a marker,
+    and the wrapped behaviour refuses the call when it sees it.
+    """
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        decode = handler.request_deserializer
+
+        def safe_decode(data: bytes) -> Any:
+            try:
+                return decode(data)
+            except Exception:
+                return _UNDECODABLE
+
+        def check(request: Any, context: Any) -> Any:
+            if request is _UNDECODABLE:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, _UNDECODABLE_MESSAGE)
+            return request
+
+        def checked_stream(requests: Any, context: Any) -> Any:
+            for request in requests:
+                yield check(request, context)
+
+        out = handler.response_serializer
+        if handler.unary_unary is not None:
+            uu = handler.unary_unary
+            return grpc.unary_unary_rpc_method_handler(
+                lambda r, c: uu(check(r, c), c), safe_decode, out
+            )
+        if handler.unary_stream is not None:
+            us = handler.unary_stream
+            return grpc.unary_stream_rpc_method_handler(
+                lambda r, c: us(check(r, c), c), safe_decode, out
+            )
+        if handler.stream_unary is not None:
+            su = handler.stream_unary
+            return grpc.stream_unary_rpc_method_handler(
+                lambda rs, c: su(checked_stream(rs, c), c), safe_decode, out
+            )
+        ss = handler.stream_stream
+        return grpc.stream_stream_rpc_method_handler(
+            lambda rs, c: ss(checked_stream(rs, c), c), safe_decode, out
+        )
 
 
 def abort(context: Any, refusal: Refusal) -> NoReturn:

@@ -74,7 +74,7 @@ def handles_errors(handler: Handler) -> Handler:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
         except ClientError as e:
-            print(f"refused: {e.code}: {e.message}", file=sys.stderr)
+            print(f"error: {e.code}: {e.message}", file=sys.stderr)
             return EXIT_REFUSED
 
     return wrapped

@@ -65,9 +65,9 @@ def render(
         table.add_row(d.name, d.status, f"{d.budget_spent:g}", d.detail)
     console.print(table)
     if setup:
-        spent = sum(s.budget_spent for s in setup)
+        setup_spent = sum(s.budget_spent for s in setup)
         console.print(
-            f"(The budget drill first spent ε {spent:g} of the police node's "
+            f"(The budget drill first spent ε {setup_spent:g} of the police node's "
             "budget on distinct questions.)"
         )
     console.print(

@@ -8,6 +8,7 @@ security drill; then everything is shut down.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import signal
 import tempfile
@@ -164,7 +165,11 @@ def _run_in(root: Path, options: DemoOptions, console: Console) -> dict[str, Any
             ("ed-injuries-under-fives-by-month", {}, "combined", None),
         ]
         for name, params, mode, nodes in plan:
-            _step(console, f"Query: {name} ({mode})", lambda a=(name, params, mode, nodes): ask(*a))
+            _step(
+                console,
+                f"Query: {name} ({mode})",
+                functools.partial(ask, name, params, mode, nodes),
+            )
 
         leeds = layout.node("Leeds")
         police = layout.node("West Yorkshire Police")

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
+from coordinator.model import QueryRecord
 from tessera import approvals, audit, requests, templates
 from tessera.client import ClientError, Progress
 from tessera.keys import SigningKey
@@ -177,15 +178,46 @@ def test_a_hung_node_is_reported_as_deadline_exceeded(tmp_path: Path) -> None:
         )
         try:
             digest = region_lib.published(region, T1, quorum=2)
+            audience = ["Bradford", "Kirklees", "Leeds"]
             started = time.monotonic()
-            result = region.analyst().run_query(digest, P1, nodes=["Bradford", "Kirklees", "Leeds"])
+            result = region.analyst().run_query(digest, P1, nodes=audience)
             assert time.monotonic() - started < 3.0
+
+            # An analyst who hangs up after the first node still gets the query
+            # finished and stored.
+            request = requests.new_request(
+                template_digest=digest,
+                params={"on_date": "2024-03-31"},
+                mode=Mode.COMBINED,
+                audience=audience,
+                analyst_key=region.fed.analyst.public.key_id,
+                now=datetime.now(UTC),
+            )
+            signed = requests.sign(request, region.fed.analyst)
+            stream = _raw_stub(region, region_lib.ANALYST).RunQuery(
+                coordinator_pb2.SubmitQueryRequest(
+                    request=common_pb2.SignedRequest(
+                        canonical=signed.body, signature=signed.signature
+                    )
+                )
+            )
+            assert next(stream).node.status == "OK"
+            stream.cancel()
+            analyst = region.analyst()
+            while (state := analyst.get_query(request.request_id).state) == "running":
+                assert time.monotonic() - started < 10.0
+                time.sleep(0.05)
+            later = analyst.get_query(request.request_id).result
         finally:
             region.stop()
     assert result.released
     assert result.nodes_missing == {
         "Kirklees": "DEADLINE_EXCEEDED: no answer within the deadline of 1 s"
     }
+    assert state == "released" and later is not None
+    assert later.nodes_answered == ["Bradford", "Leeds"] and list(later.nodes_missing) == [
+        "Kirklees"
+    ]
 
 
 def test_a_restart_loses_no_template_approval_or_query(region: region_lib.Region) -> None:
@@ -193,6 +225,28 @@ def test_a_restart_loses_no_template_approval_or_query(region: region_lib.Region
     pending = region.analyst().submit_template(region.fed.template(T2)).digest
     region.approver(2).approve(pending)
     first = region.analyst().run_query(T1, P1)
+    # A query the coordinator had started routing when it went down.
+    request = requests.new_request(
+        template_digest=digest,
+        params={"on_date": "2022-03-31"},
+        mode=Mode.COMBINED,
+        audience=list(region_lib.COUNCILS),
+        analyst_key=region.fed.analyst.public.key_id,
+        now=datetime.now(UTC),
+    )
+    interrupted = requests.sign(request, region.fed.analyst)
+    region.coordinator.service.store.begin_query(
+        QueryRecord(
+            request.request_id,
+            "Test Analyst",
+            request.analyst_key,
+            "2000-01-01T00:00:00.000000Z",
+            "running",
+            interrupted.body,
+            interrupted.signature,
+            None,
+        )
+    )
 
     region.restart_coordinator()
 
@@ -206,7 +260,14 @@ def test_a_restart_loses_no_template_approval_or_query(region: region_lib.Region
     assert analyst.get_query(first.query_id).result == first
     second = analyst.run_query(T1, {"on_date": "2023-03-31"})
     assert second.released
-    assert [q.query_id for q in analyst.list_queries()] == [second.query_id, first.query_id]
+    assert analyst.get_query(request.request_id).state == "running"
+    resumed = analyst.submit_request(interrupted)
+    assert resumed.released and analyst.get_query(request.request_id).state == "released"
+    assert [q.query_id for q in analyst.list_queries()] == [
+        second.query_id,
+        first.query_id,
+        request.request_id,
+    ]
 
     db = region.cfg.state_dir / "coordinator.sqlite"
     region.coordinator.stop(0)
@@ -270,16 +331,18 @@ def test_roles_keys_and_signatures_are_checked(region: region_lib.Region) -> Non
     assert _code(lambda: analyst.get_template("0" * 64)) == "NOT_FOUND"
 
     # Requests: signed by someone else, tampered, unpublished template, bad parameter.
-    def signed_by(key: object, template_digest: str = digest, params: object = P1) -> object:
+    def signed_by(
+        key: SigningKey, template_digest: str = digest, params: dict[str, str] = P1
+    ) -> requests.SignedRequest:
         r = requests.new_request(
             template_digest=template_digest,
-            params=params,  # type: ignore[arg-type]
+            params=params,
             mode=Mode.COMBINED,
             audience=["Leeds"],
             analyst_key=key.public.key_id,
             now=datetime.now(UTC),
-        )  # type: ignore[attr-defined]
-        return requests.sign(r, key)  # type: ignore[arg-type]
+        )
+        return requests.sign(r, key)
 
     assert _code(lambda: analyst.submit_request(signed_by(region.fed.outsider))) == (
         "PERMISSION_DENIED"

@@ -4,6 +4,7 @@ mutual TLS with real certificates, and clients for the analyst and the approvers
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 from coordinator import config as cc
 from coordinator import main as coordinator_main
 from tessera.client import Client
+from tessera.config import ApproversConfig, TlsConfig, TrustedApprover
 from tessera.keys import SigningKey
 from tessera.tls import make_certificate
 from tests.support import federation as fedlib
@@ -58,11 +60,11 @@ def coordinator_config(
         listen="127.0.0.1:0",
         state_dir=base / "state",
         signing_key=key_path,
-        tls=cc.TlsConfig(tls.cert, tls.key, tls.ca),
-        approvers=cc.ApproversConfig(
+        tls=TlsConfig(tls.cert, tls.key, tls.ca),
+        approvers=ApproversConfig(
             threshold,
             tuple(
-                cc.TrustedApprover(f"Approver {i}", k.public.key_id)
+                TrustedApprover(f"Approver {i}", k.public.key_id)
                 for i, k in enumerate(fed.approvers)
             ),
         ),
@@ -126,10 +128,13 @@ def start_region(
     issue_user_certs(fed, [ANALYST, *APPROVERS])
     nodes: dict[str, Any] = {}
     try:
-        for org in councils:
-            cfg = fedlib.node_config(fed, org, budgets=BUDGETS)
-            fedlib.ingest_council(fed, cfg)
-            nodes[org] = start(cfg)
+        cfgs = [fedlib.node_config(fed, org, budgets=BUDGETS) for org in councils]
+        # Every council gets the same small files: ingest once, copy the versions.
+        fedlib.ingest_council(fed, cfgs[0])
+        for node_cfg in cfgs[1:]:
+            shutil.copytree(cfgs[0].data_dir, node_cfg.data_dir)
+        for node_cfg in cfgs:
+            nodes[node_cfg.organisation] = start(node_cfg)
         ports: dict[str, int | str] = {org: n.port for org, n in nodes.items()}
         ports.update(extra_nodes or {})
         cfg = coordinator_config(fed, ports, **coordinator_options)

@@ -14,16 +14,10 @@ from typing import Any
 
 import grpc
 
-from node.config import (
-    ApproversConfig,
-    ClientConfig,
-    DatasetConfig,
-    NodeConfig,
-    TlsConfig,
-    TrustedApprover,
-)
+from node.config import ClientConfig, DatasetConfig, NodeConfig
 from node.ingest import ingest_dataset
 from tessera import approvals, requests, schemas, templates
+from tessera.config import ApproversConfig, TlsConfig, TrustedApprover
 from tessera.keys import SigningKey
 from tessera.templates.model import Analyst, Mode, Template
 from tessera.tls import TlsFiles, make_federation

@@ -162,3 +162,40 @@ def test_rho_templates_report_rho() -> None:
     assert r.released and r.privacy_spent.kind == "rho"
     assert r.dimensions == tuple((d.name, d.labels) for d in T2.group_by)
     assert len(r.cells) == n2
+
+
+def test_a_mean_is_the_ratio_of_the_combined_sum_to_the_combined_count() -> None:
+    t = templates.load_toml((ROOT / "examples/templates/absence-by-sen.toml").read_text())
+    t = quorum(2, t)
+    n = t.n_cells
+
+    def mean_answer(org: str, total: int, count: int) -> Outcome[NodeAnswer]:
+        s = results.Measure("sum", (total,) * n, 900.0, 60.0, 70.0)
+        c = results.Measure("count", (count,) * n, 4.0, 4.0, 5.0)
+        measures = {"sum": s, "count": c}
+        a = NodeAnswer(
+            org,
+            templates.digest(t),
+            t.dataset,
+            1,
+            "mean",
+            tuple((d.name, d.labels) for d in t.group_by),
+            measures,
+            tuple(results.release(t, measures)),
+            Loss("epsilon", 1.0),
+            1.0,
+            False,
+        )
+        return Outcome(org, "OK", "", 1.0, a)
+
+    r = combine(
+        t,
+        templates.digest(t),
+        "q",
+        Mode.COMBINED,
+        [mean_answer("A", 1000, 100), mean_answer("B", 3000, 100)],
+    )
+    assert r.released
+    for cell in r.cells:
+        assert cell.estimate == pytest.approx(20.0)  # (1000 + 3000) / (100 + 100)
+        assert cell.ci95_low < 20.0 < cell.ci95_high
