@@ -368,3 +368,31 @@ def test_roles_keys_and_signatures_are_checked(region: region_lib.Region) -> Non
     # Another analyst's query is invisible.
     assert _code(lambda: analyst.get_query("no-such-query")) == "NOT_FOUND"
     assert analyst.list_queries() == []
+
+
+FIVE_COUNCILS = ("Bradford", "Calderdale", "Kirklees", "Leeds", "Wakefield")
+
+
+def test_five_councils_one_killed_quorum_4_releases_and_quorum_5_does_not(
+    tmp_path: Path,
+) -> None:
+    region = region_lib.start_region(tmp_path, FIVE_COUNCILS, deadline_seconds=5.0)
+    try:
+        quorum4 = region_lib.published(region, T1, quorum=4)
+        quorum5 = region_lib.published(region, T1, version=2, quorum=5)
+        region.stop_node("Calderdale")
+        analyst = region.analyst()
+
+        started = time.monotonic()
+        result = analyst.run_query(quorum4, P1, nodes=list(FIVE_COUNCILS))
+        assert time.monotonic() - started < region.cfg.deadline_seconds
+        assert result.released
+        assert sorted(result.nodes_answered) == ["Bradford", "Kirklees", "Leeds", "Wakefield"]
+        assert list(result.nodes_missing) == ["Calderdale"]
+
+        withheld = analyst.run_query(quorum5, P1, nodes=list(FIVE_COUNCILS))
+        assert not withheld.released and withheld.cells == []
+        assert "4 of the 5 nodes" in withheld.withheld_reason
+        assert "Calderdale (UNAVAILABLE" in withheld.withheld_reason
+    finally:
+        region.stop()
