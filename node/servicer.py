@@ -21,16 +21,21 @@ def _loss(kind: str, value: float) -> common_pb2.PrivacyLoss:
     return common_pb2.PrivacyLoss(**{kind: value})
 
 
-def _dataset_info(d: DatasetStatus) -> common_pb2.DatasetInfo:
-    kind = "epsilon" if "epsilon" in d.budget_total else "rho"
-    return common_pb2.DatasetInfo(
-        name=d.name,
-        schema_version=d.schema_version,
-        version=d.version,
-        content_sha256=d.content_sha256,
-        budget_total=_loss(kind, d.budget_total[kind]),
-        budget_spent=_loss(kind, d.budget_spent[kind]),
-    )
+def _dataset_infos(datasets: list[DatasetStatus]) -> list[common_pb2.DatasetInfo]:
+    """One entry per dataset and budget kind: a dataset with both an ε and a ρ
+    budget appears twice, so that neither spend is hidden."""
+    return [
+        common_pb2.DatasetInfo(
+            name=d.name,
+            schema_version=d.schema_version,
+            version=d.version,
+            content_sha256=d.content_sha256,
+            budget_total=_loss(kind, total),
+            budget_spent=_loss(kind, d.budget_spent[kind]),
+        )
+        for d in datasets
+        for kind, total in d.budget_total.items()
+    ]
 
 
 def answer_to_proto(a: Answer) -> node_pb2.ExecuteReply:
@@ -84,7 +89,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         cfg = self.service.cfg
         return node_pb2.DescribeReply(
             organisation=cfg.organisation,
-            datasets=[_dataset_info(d) for d in datasets],
+            datasets=_dataset_infos(datasets),
             accepted_purposes=list(cfg.accepted_purposes),
             node_key=self.service.key.public.key_id,
             software_version=VERSION,
@@ -96,7 +101,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         )
         return node_pb2.GetBudgetReply(
             organisation=self.service.cfg.organisation,
-            datasets=[_dataset_info(d) for d in datasets],
+            datasets=_dataset_infos(datasets),
         )
 
     def Execute(self, request: Any, context: Any) -> node_pb2.ExecuteReply:

@@ -20,7 +20,7 @@ from tests.support import federation as fedlib
 
 @pytest.fixture
 def leeds(fed: fedlib.Federation, tmp_path: Path) -> Any:
-    region = generate_region(tmp_path / "region", scale=0.01, seed=7)
+    region = generate_region(tmp_path / "region", scale=0.1, seed=7)
     cfg = fedlib.node_config(fed, "Leeds")
     org = region.organisation("leeds")
     for ds_name in ("ssda903", "cin"):
@@ -40,8 +40,8 @@ def test_synthetic_council_answers_templates_1_and_2(fed: fedlib.Federation, lee
     t1 = fedlib.sign_template(fed.template("cla-by-age-and-placement"), fed.approvers[:2])
     a1 = stub.Execute(fedlib.execute_request(fed, t1, {"on_date": "2026-03-31"})).answer
     assert len(a1.cells) == 20 and a1.cost.epsilon == pytest.approx(0.5)
-    # The synthetic council has children in care: the noisy total is far from zero.
-    assert sum(a1.measures[0].values) > 20
+    # About 120 children in care at this scale; the noise on the total has an SD near 12.
+    assert sum(a1.measures[0].values) > 40
 
     t2 = fedlib.sign_template(fed.template("referrals-by-need-and-age"), fed.approvers[:2])
     params = {"period_start": "2025-04-01", "period_end": "2026-03-31"}

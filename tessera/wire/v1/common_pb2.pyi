@@ -303,7 +303,9 @@ Global___MaskedVector: _TypeAlias = MaskedVector  # noqa: Y015
 
 @_typing.final
 class DatasetInfo(_message.Message):
-    """A dataset version hosted by a node, with its privacy budget."""
+    """A dataset version hosted by a node, with one of its privacy budgets. A dataset
+    with both an epsilon and a rho budget is listed once for each.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
