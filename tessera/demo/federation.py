@@ -89,7 +89,7 @@ def build(root: Path, *, scale: float, seed: int) -> Layout:
             base / "data",
             base / "state",
         )
-        _key(base, "node").save(base / "node.key")
+        SigningKey.generate().save(base / "node.key")
         tls = TlsFiles.for_name(root / "certs", org.slug)
         cfg: dict[str, Any] = {
             "organisation": org.name,
@@ -143,7 +143,7 @@ def write_coordinator_config(layout: Layout, deadline_seconds: float) -> None:
     root = layout.root
     tls = layout.tls(COORDINATOR)
     key_path = root / "coordinator" / "coordinator.key"
-    _key(root / "coordinator", "coordinator").save(key_path)
+    SigningKey.generate().save(key_path)
     people = [
         {"identity": n, "name": n, "role": "approver", "key": layout.keys[n].public.key_id}
         for n in APPROVERS
