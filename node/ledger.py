@@ -36,6 +36,16 @@ _SCHEMA = (
         payload BLOB NOT NULL,
         created TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS releases_by_version ON releases (dataset, version, kind)",
+    # Running totals, updated in the same transaction as each release, so that reading
+    # what a version has spent costs the same however many answers it has released.
+    """CREATE TABLE IF NOT EXISTS spent (
+        dataset TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        total REAL NOT NULL,
+        PRIMARY KEY (dataset, version, kind))""",
+    """INSERT OR IGNORE INTO spent (dataset, version, kind, total)
+        SELECT dataset, version, kind, sum(cost) FROM releases GROUP BY dataset, version, kind""",
     """CREATE TABLE IF NOT EXISTS requests (
         request_id TEXT PRIMARY KEY,
         request_hash TEXT NOT NULL,
@@ -99,12 +109,14 @@ class Ledger:
 
     def spent(self, dataset: str, version: int, kind: str) -> float:
         with self._lock:
-            row = self._conn.execute(
-                "SELECT coalesce(sum(cost), 0) FROM releases "
-                "WHERE dataset = ? AND version = ? AND kind = ?",
-                (dataset, version, kind),
-            ).fetchone()
-        return float(row[0])
+            return self._spent_locked(dataset, version, kind)
+
+    def _spent_locked(self, dataset: str, version: int, kind: str) -> float:
+        row = self._conn.execute(
+            "SELECT total FROM spent WHERE dataset = ? AND version = ? AND kind = ?",
+            (dataset, version, kind),
+        ).fetchone()
+        return 0.0 if row is None else float(row[0])
 
     def stored_answer(self, answer_key: str) -> bytes | None:
         with self._lock:
@@ -190,13 +202,7 @@ class Ledger:
         else:
             if release is None:
                 raise RuntimeError("no stored answer and nothing to release")
-            spent = float(
-                self._conn.execute(
-                    "SELECT coalesce(sum(cost), 0) FROM releases "
-                    "WHERE dataset = ? AND version = ? AND kind = ?",
-                    (release.dataset, release.version, release.kind),
-                ).fetchone()[0]
-            )
+            spent = self._spent_locked(release.dataset, release.version, release.kind)
             if budget_total is None or spent + release.cost > budget_total * (1 + _TOLERANCE):
                 raise Refusal(
                     "RESOURCE_EXHAUSTED",
@@ -216,6 +222,11 @@ class Ledger:
                     release.payload,
                     isoformat(self._clock.now()),
                 ),
+            )
+            self._conn.execute(
+                "INSERT INTO spent (dataset, version, kind, total) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (dataset, version, kind) DO UPDATE SET total = total + excluded.total",
+                (release.dataset, release.version, release.kind, release.cost),
             )
             payload, charged = release.payload, release.cost
         self._conn.execute(

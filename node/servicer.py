@@ -128,16 +128,17 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         entries = guarded(
             context, lambda: self.service.ledger.audit_log.export(max(request.from_seq, 1), limit)
         )
-        return node_pb2.ExportAuditReply(
-            entries=[
-                node_pb2.AuditEntry(
-                    seq=e.seq,
-                    body=e.body,
-                    prev_hash=e.prev_hash,
-                    hash=e.hash,
-                    signature=e.signature,
-                )
-                for e in entries
-            ],
-            node_key=self.service.key.public.key_id,
-        )
+        # Entries carry the parameters callers sent (up to a request's 64 KiB), so a page
+        # of `limit` of them can outgrow the message limit: stop at half of it, and the
+        # operator reads on from the last sequence number returned.
+        room = self.service.cfg.max_message_bytes // 2
+        page: list[node_pb2.AuditEntry] = []
+        for e in entries:
+            item = node_pb2.AuditEntry(
+                seq=e.seq, body=e.body, prev_hash=e.prev_hash, hash=e.hash, signature=e.signature
+            )
+            room -= item.ByteSize() + 8
+            if page and room < 0:
+                break
+            page.append(item)
+        return node_pb2.ExportAuditReply(entries=page, node_key=self.service.key.public.key_id)

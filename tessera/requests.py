@@ -18,6 +18,7 @@ from typing import Any
 
 from tessera import canonical, keys
 from tessera.clock import isoformat, parse_iso
+from tessera.templates.fields import safe_key
 from tessera.templates.model import Mode
 
 MAX_LIFETIME = timedelta(hours=1)
@@ -128,7 +129,9 @@ def parse(body: bytes) -> QueryRequest:
     }
     if set(d) != want:
         missing, extra = sorted(want - set(d)), sorted(set(d) - want)
-        raise RequestError(f"request body: missing {missing} / unknown {extra[:3]}")
+        # Unknown keys are the sender's text: shown short and printable only.
+        unknown = [safe_key(k) for k in extra[:3]]
+        raise RequestError(f"request body: missing {missing} / unknown {unknown}")
     if d["v"] != 1:
         raise RequestError("request body: unsupported version")
     digest = d["template_digest"]

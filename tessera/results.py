@@ -9,7 +9,7 @@ approximation to the sum of independent noises.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from tessera.templates.model import StatisticKind, Template
@@ -62,9 +62,17 @@ def combine(answers: Sequence[Mapping[str, Measure]]) -> dict[str, Measure]:
         if len(parts) == 1:
             ci95, ci975 = parts[0].ci95_half_width, parts[0].ci975_half_width
         else:
-            ci95, ci975 = Z95 * math.sqrt(var), Z975 * math.sqrt(var)
+            # The normal approximation under-covers a sum of a few heavy-tailed (Laplace)
+            # noises; the root-sum-square of the nodes' exact half-widths does not, and
+            # for Gaussian noise it equals the normal figure.
+            ci95 = max(Z95 * math.sqrt(var), _rss(p.ci95_half_width for p in parts))
+            ci975 = max(Z975 * math.sqrt(var), _rss(p.ci975_half_width for p in parts))
         out[name] = Measure(name, values, var, ci95, ci975)
     return out
+
+
+def _rss(xs: Iterable[float]) -> float:
+    return math.sqrt(math.fsum(x * x for x in xs))
 
 
 def _round(x: float, step: int) -> float:

@@ -15,8 +15,13 @@ MAX_NAME = 64
 # \Z, not $: "$" also matches before a trailing newline.
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")
 ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,79}\Z")
-# Codes and labels: printable text, no control characters.
-LABEL_RE = re.compile(r"^[^\x00-\x1f\x7f]{1,64}\Z")
+# Codes and labels: printable text, no control characters (C0, DEL, C1) and no
+# bidirectional embeddings, overrides or isolates, which make text display as
+# something other than what was signed ("Trojan Source").
+LABEL_RE = re.compile(r"^[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]{1,64}\Z")
+# Free text (titles, descriptions, names) may hold tabs and line breaks, nothing else
+# of the above.
+UNSAFE_TEXT_RE = re.compile(r"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 class Fields:
@@ -51,6 +56,10 @@ class Fields:
             raise TemplateError(self.at(key), f"is longer than {max_len} characters")
         if "\x00" in v:
             raise TemplateError(self.at(key), "contains a NUL character")
+        if UNSAFE_TEXT_RE.search(v):
+            raise TemplateError(
+                self.at(key), "contains a control character or a bidirectional override"
+            )
         return v
 
     def name(self, key: str) -> str:

@@ -15,7 +15,7 @@ from datetime import date
 from typing import Any
 
 from tessera import canonical, keys, schemas
-from tessera.templates.fields import ID_RE, Fields, parse_date
+from tessera.templates.fields import ID_RE, Fields, parse_date, safe_key
 from tessera.templates.model import (
     RESERVED_STATISTICS,
     Access,
@@ -210,8 +210,10 @@ def _parameters(f: Fields, source: schemas.Source) -> tuple[Parameter, ...]:
         raise TemplateError("parameters", f"at most {MAX_PARAMS} parameters")
     out: list[Parameter] = []
     for name in sorted(raw):
-        p = Fields(raw[name], f"parameters.{name}")
-        Fields({name: name}, "parameters").name(name)  # the error names parameters.<name>
+        # The name is the sender's text until checked: errors show it short and printable.
+        shown = safe_key(name)
+        p = Fields(raw[name], f"parameters.{shown}")
+        Fields({shown: name}, "parameters").name(shown)  # the error names parameters.<name>
         typ = p.text("type", max_len=10)
         desc = p.text("description", default="")
         if typ == "date":
