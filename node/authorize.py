@@ -6,6 +6,7 @@ before any data is read or any budget is touched.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -28,6 +29,12 @@ class Authorized:
     request: requests.QueryRequest
     params: dict[str, ParamValue]
     approvers: list[str]
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_template(data: bytes) -> Template:
+    """Parsing is a pure function of the bytes: templates are asked again and again."""
+    return templates.parse_canonical(data)
 
 
 def check_peer(cfg: NodeConfig, identity: str | None, method: str) -> str:
@@ -62,7 +69,7 @@ def authorize(
             "the analyst signed this request for a different template than the one sent",
         )
     try:
-        template = templates.parse_canonical(template_bytes)
+        template = _parse_template(template_bytes)
     except templates.TemplateError as e:
         raise Refusal("INVALID_ARGUMENT", f"template {e}") from None
 

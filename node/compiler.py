@@ -191,23 +191,25 @@ def compile_query(
             body = "SELECT cell, count(*) FROM (SELECT u, min(cell) AS cell FROM g GROUP BY u) "
             body += "GROUP BY cell"
         else:
+            # Each unit's distinct cells, lowest first, cut at the cap.
+            cap = b.bind(stat.max_cells_per_unit)
             body = (
-                "SELECT cell, count(*) FROM (SELECT cell, row_number() OVER "
-                "(PARTITION BY u ORDER BY cell) AS rn FROM (SELECT DISTINCT u, cell FROM g)) "
-                f"WHERE rn <= {b.bind(stat.max_cells_per_unit)} GROUP BY cell"
+                "SELECT c, count(*) FROM (SELECT unnest(list_slice("
+                f"list(DISTINCT cell ORDER BY cell), 1, {cap})) AS c FROM g GROUP BY u) "
+                "GROUP BY c"
             )
     elif stat.kind is StatisticKind.COUNT_RECORDS:
         measures = ("count",)
-        # Group first, then share each unit's cap across its cells in cell order:
-        # the same records as row_number() <= cap, over far fewer rows.
+        # Each unit's records in cell order, the first `cap` kept. (Measured in
+        # DuckDB 2.0: as fast as a sorted list per unit, faster than a running sum.)
         cap = b.bind(stat.max_records_per_unit)
         body = (
-            "SELECT cell, sum(taken) FROM (SELECT cell, least(n, greatest(0, "
-            f"{cap} - (sum(n) OVER (PARTITION BY u ORDER BY cell) - n))) AS taken "
-            "FROM (SELECT u, cell, count(*) AS n FROM g GROUP BY u, cell)) GROUP BY cell"
+            "SELECT cell, count(*) FROM (SELECT cell, row_number() OVER "
+            f"(PARTITION BY u ORDER BY cell) AS rn FROM g) WHERE rn <= {cap} GROUP BY cell"
         )
     else:
         measures = ("sum", "count") if stat.kind is StatisticKind.MEAN else ("sum",)
+        # Each unit's records in (cell, clamped value) order, the first `cap` kept.
         cap = b.bind(stat.max_records_per_unit)
         body = (
             "SELECT cell, sum(v), count(*) FROM (SELECT cell, v, row_number() OVER "

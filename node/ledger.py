@@ -145,17 +145,33 @@ class Ledger:
 
         With `release=None` the answer must already be stored (a cached answer).
         If an identical answer was released meanwhile, that one is returned and
-        `release` is discarded unpaid: it never left the node."""
+        `release` is discarded unpaid: it never left the node.
+
+        A spend is fsynced (synchronous=FULL) before this returns. An answer that
+        was already paid for costs nothing, so its request record and audit entry
+        commit with synchronous=NORMAL: safe against a process crash, and only a power
+        failure could lose them. The next fsynced commit makes them durable and moves
+        the signed audit head past them."""
+        free = release is None
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            if free:
+                self._conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                result = self._commit_locked(req, answer_key, release, budget_total, audit_body)
-                self._conn.commit()
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.rollback()
-                raise
-            self.audit_log.write_head()
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = self._commit_locked(
+                        req, answer_key, release, budget_total, audit_body
+                    )
+                    self._conn.commit()
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.rollback()
+                    raise
+            finally:
+                if free:
+                    self._conn.execute("PRAGMA synchronous=FULL")
+            if not free:
+                self.audit_log.write_head()
         return result
 
     def _check_replay(self, req: RequestRecord) -> str | None:
