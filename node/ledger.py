@@ -159,9 +159,7 @@ class Ledger:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
-                    result = self._commit_locked(
-                        req, answer_key, release, budget_total, audit_body
-                    )
+                    result = self._commit_locked(req, answer_key, release, budget_total, audit_body)
                     self._conn.commit()
                 except BaseException:
                     if self._conn.in_transaction:
