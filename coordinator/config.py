@@ -77,14 +77,8 @@ def validate(cfg: CoordinatorConfig, where: str) -> None:
 
     if not cfg.organisation.strip():
         fail("organisation must not be empty")
-    if cfg.approvers.threshold < 1:
-        fail("approvers.threshold must be at least 1")
-    if cfg.approvers.threshold > len(cfg.approvers.trusted):
-        fail("approvers.threshold is larger than the number of trusted approvers")
-    for a in cfg.approvers.trusted:
-        key_ok(a.key, f"approver {a.name}")
-    if len({a.key for a in cfg.approvers.trusted}) != len(cfg.approvers.trusted):
-        fail("approvers.trusted lists a key twice")
+    for problem in cfg.approvers.problems():
+        fail(problem)
     trusted = cfg.trusted_approvers
     for p in cfg.people:
         if p.role not in ROLES:

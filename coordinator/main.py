@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,14 +87,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 def serve_forever(cfg: coordinator_config.CoordinatorConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     coordinator = start(cfg)
-    # One JSON line on stdout says the coordinator is ready and where.
-    print(json.dumps({"ready": True, "port": coordinator.port}), flush=True)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    coordinator.stop()
-    return 0
+    return serving.wait_for_signal({"port": coordinator.port}, coordinator.stop)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from tessera import config, keys, schemas
+from tessera import config, schemas
 from tessera.config import ApproversConfig, TlsConfig
 
 ROLES = ("coordinator", "operator")
@@ -68,15 +68,8 @@ def validate(cfg: NodeConfig, where: str) -> None:
 
     if not cfg.organisation.strip():
         fail("organisation must not be empty")
-    if cfg.approvers.threshold < 1:
-        fail("approvers.threshold must be at least 1")
-    if cfg.approvers.threshold > len(cfg.approvers.trusted):
-        fail("approvers.threshold is larger than the number of trusted approvers")
-    for a in cfg.approvers.trusted:
-        try:
-            keys.PublicKey.from_id(a.key)
-        except keys.KeyError_ as e:
-            fail(f"approver {a.name}: {e}")
+    for problem in cfg.approvers.problems():
+        fail(problem)
     for c in cfg.clients:
         if c.role not in ROLES:
             fail(f"client {c.identity}: role must be one of {', '.join(ROLES)}")

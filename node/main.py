@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,16 +70,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 def serve_forever(cfg: node_config.NodeConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     node = start(cfg)
-    # One JSON line on stdout says the node is ready and where (port 0 picks a free one).
-    print(
-        json.dumps({"ready": True, "organisation": cfg.organisation, "port": node.port}), flush=True
-    )
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
-    done.wait()
-    node.stop()
-    return 0
+    # Port 0 picks a free port: the ready line says which.
+    return serving.wait_for_signal({"organisation": cfg.organisation, "port": node.port}, node.stop)
 
 
 if __name__ == "__main__":

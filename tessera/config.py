@@ -43,6 +43,24 @@ class ApproversConfig:
     threshold: int
     trusted: tuple[TrustedApprover, ...]
 
+    def problems(self) -> list[str]:
+        """What is wrong with this section, checked the same way by node and coordinator."""
+        from tessera import keys
+
+        out = []
+        if self.threshold < 1:
+            out.append("approvers.threshold must be at least 1")
+        if self.threshold > len(self.trusted):
+            out.append("approvers.threshold is larger than the number of trusted approvers")
+        for a in self.trusted:
+            try:
+                keys.PublicKey.from_id(a.key)
+            except keys.KeyError_ as e:
+                out.append(f"approver {a.name}: {e}")
+        if len({a.key for a in self.trusted}) != len(self.trusted):
+            out.append("approvers.trusted lists a key twice")
+        return out
+
 
 class ConfigError(ValueError):
     pass

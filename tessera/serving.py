@@ -3,7 +3,10 @@ message size limits, standard health checking and reflection."""
 
 from __future__ import annotations
 
+import json
 import logging
+import signal
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from concurrent import futures
@@ -123,6 +126,18 @@ class RefuseUndecodable(grpc.ServerInterceptor):  # type: ignore[misc]
         return grpc.stream_stream_rpc_method_handler(
             lambda rs, c: ss(checked_stream(rs, c), c), safe_decode, out
         )
+
+
+def wait_for_signal(ready: dict[str, Any], stop: Callable[[], None]) -> int:
+    """Print the one JSON ready line a supervisor waits for, then serve until SIGTERM
+    or SIGINT, and stop cleanly."""
+    print(json.dumps({"ready": True, **ready}), flush=True)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    stop()
+    return 0
 
 
 def abort(context: Any, refusal: Refusal) -> NoReturn:
