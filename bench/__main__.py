@@ -122,9 +122,9 @@ class Run:
         sets = {n: self.dataset(n, 1) for n in p.sizes}
         self.details["node"] = node_bench.run(cluster, p, sets, self.questions, _log)
         self.notes.append(
-            "Cached answers still verify three signatures, commit the request and an audit "
-            "entry to SQLite (fsync) and rewrite the signed audit head (fsync, rename, "
-            "directory fsync), one request at a time under the ledger lock"
+            "Cached answers still verify three signatures and commit the request and an "
+            "audit entry to SQLite (without fsync: nothing is spent), one request at a time "
+            "under the ledger lock"
         )
 
     def engines(self) -> None:
