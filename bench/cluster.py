@@ -145,7 +145,9 @@ class Cluster:
         with ThreadPoolExecutor(max_workers=max(len(specs), 1)) as pool:
             return list(
                 pool.map(
-                    lambda sc: self.procs.start(sc[0].slug, "node.main", ["--config", str(sc[1])]),
+                    lambda sc: self.procs.start(
+                        sc[0].slug, "tessera.node.main", ["--config", str(sc[1])]
+                    ),
                     zip(specs, configs, strict=True),
                 )
             )
@@ -201,7 +203,7 @@ class Cluster:
         }
         path = base / "coordinator.toml"
         path.write_text(tomli_w.dumps(cfg))
-        return self.procs.start(COORDINATOR, "coordinator.main", ["--config", str(path)])
+        return self.procs.start(COORDINATOR, "tessera.coordinator.main", ["--config", str(path)])
 
     def close(self) -> None:
         self.procs.stop_all()

@@ -20,8 +20,10 @@ import duckdb
 import numpy as np
 import numpy.typing as npt
 
-from node.ingest.build import DUCKDB_TYPES
-from node.ingest.manifest import (
+from tessera import schemas
+from tessera.clock import isoformat
+from tessera.node.ingest.build import DUCKDB_TYPES
+from tessera.node.ingest.manifest import (
     WORK_PREFIX,
     Manifest,
     content_sha256,
@@ -31,9 +33,7 @@ from node.ingest.manifest import (
     publish,
     remove_leftovers,
 )
-from node.ingest.report import TableCounts
-from tessera import schemas
-from tessera.clock import isoformat
+from tessera.node.ingest.report import TableCounts
 
 DATASET = "health"
 TABLE = "ed_attendances"

@@ -19,7 +19,7 @@ import numpy.typing as npt
 from bench import stats
 from bench.cluster import Questions
 from bench.data import FIRST_DAY, Arrays
-from node import privacy
+from tessera.node import privacy
 from tessera.templates.model import (
     BandsDim,
     CategoriesDim,

@@ -24,9 +24,9 @@ import numpy as np
 from bench import stats
 from bench.cluster import HIST, Cluster, NodeSpec, Questions
 from bench.data import Generated
-from node import compiler, privacy
 from tessera import requests, results, templates
 from tessera.client import Client, QueryResult
+from tessera.node import compiler, privacy
 from tessera.templates.model import Mode, Template, measure_sensitivities
 
 

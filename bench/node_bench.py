@@ -21,9 +21,9 @@ from grpc import aio
 from bench import stats
 from bench.cluster import COORDINATOR, HIST, MEAN, Cluster, NodeSpec, Questions
 from bench.data import Generated
-from node import compiler
 from tessera import templates
 from tessera.demo.processes import Child
+from tessera.node import compiler
 from tessera.templates.model import Template
 from tessera.wire.v1 import node_pb2, node_pb2_grpc
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from coordinator.model import OK, Loss, NodeAnswer, NodeReport, Outcome, QueryResult
 from tessera import results
+from tessera.coordinator.model import OK, Loss, NodeAnswer, NodeReport, Outcome, QueryResult
 from tessera.templates.model import Mode, Template, measure_sensitivities
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from coordinator.model import (
+from tessera import approvals, requests, results
+from tessera.coordinator.model import (
     DatasetBudget,
     Loss,
     NodeAnswer,
@@ -22,7 +23,6 @@ from coordinator.model import (
     QueryResult,
     TemplateRecord,
 )
-from tessera import approvals, requests, results
 from tessera.templates.model import Mode
 from tessera.wire.v1 import common_pb2, coordinator_pb2, node_pb2
 

@@ -20,9 +20,9 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
-from coordinator import convert
-from coordinator.model import NodeAnswer, NodeDescription, Outcome
 from tessera import approvals, requests
+from tessera.coordinator import convert
+from tessera.coordinator.model import NodeAnswer, NodeDescription, Outcome
 from tessera.tls import TlsMaterial
 from tessera.wire.v1 import node_pb2, node_pb2_grpc
 

@@ -9,15 +9,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator import config as coordinator_config
-from coordinator.fanout import FanOut
-from coordinator.queries import Queries
-from coordinator.registry import Registry
-from coordinator.service import CoordinatorService
-from coordinator.servicer import CoordinatorServicer
-from coordinator.store import Store
 from tessera import serving
 from tessera.clock import Clock, SystemClock
+from tessera.coordinator import config as coordinator_config
+from tessera.coordinator.fanout import FanOut
+from tessera.coordinator.queries import Queries
+from tessera.coordinator.registry import Registry
+from tessera.coordinator.service import CoordinatorService
+from tessera.coordinator.servicer import CoordinatorServicer
+from tessera.coordinator.store import Store
 from tessera.keys import SigningKey
 from tessera.tls import TlsFiles
 from tessera.wire.v1 import coordinator_pb2, coordinator_pb2_grpc

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
-from coordinator import combine
-from coordinator.config import Person
-from coordinator.fanout import Target
-from coordinator.model import (
+from tessera import requests, templates
+from tessera.clock import isoformat
+from tessera.coordinator import combine
+from tessera.coordinator.config import Person
+from tessera.coordinator.fanout import Target
+from tessera.coordinator.model import (
     NodeAnswer,
     NodeProgress,
     NodeReport,
@@ -25,10 +27,8 @@ from coordinator.model import (
     QueryResult,
     TemplateRecord,
 )
-from coordinator.service import PUBLISHED, CoordinatorService
-from coordinator.store import Conflict
-from tessera import requests, templates
-from tessera.clock import isoformat
+from tessera.coordinator.service import PUBLISHED, CoordinatorService
+from tessera.coordinator.store import Conflict
 from tessera.errors import Refusal
 from tessera.templates.model import Mode, Template
 

@@ -10,10 +10,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from coordinator.config import NodeConfig
-from coordinator.fanout import FanOut, Target
-from coordinator.model import UNREACHABLE, NodeDescription, NodeStatus, Outcome
 from tessera.clock import Clock, isoformat
+from tessera.coordinator.config import NodeConfig
+from tessera.coordinator.fanout import FanOut, Target
+from tessera.coordinator.model import UNREACHABLE, NodeDescription, NodeStatus, Outcome
 
 UNKNOWN, SERVING, NOT_SERVING = "UNKNOWN", "SERVING", "NOT_SERVING"
 

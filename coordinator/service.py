@@ -14,14 +14,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from coordinator.config import CoordinatorConfig, Person
-from coordinator.fanout import FanOut
-from coordinator.model import NodeBudgets, NodeStatus, TemplateRecord
-from coordinator.registry import Registry
-from coordinator.store import Conflict, Store
 from tessera import approvals, templates
 from tessera.audit import AuditError
 from tessera.clock import Clock, isoformat
+from tessera.coordinator.config import CoordinatorConfig, Person
+from tessera.coordinator.fanout import FanOut
+from tessera.coordinator.model import NodeBudgets, NodeStatus, TemplateRecord
+from tessera.coordinator.registry import Registry
+from tessera.coordinator.store import Conflict, Store
 from tessera.errors import Refusal
 
 log = logging.getLogger("tessera.coordinator")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from coordinator import convert
-from coordinator.queries import Queries
-from coordinator.service import CoordinatorService
+from tessera.coordinator import convert
+from tessera.coordinator.queries import Queries
+from tessera.coordinator.service import CoordinatorService
 from tessera.serving import guarded
 from tessera.tls import peer_identity
 from tessera.wire.v1 import coordinator_pb2, coordinator_pb2_grpc

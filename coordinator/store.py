@@ -14,11 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from coordinator import convert
-from coordinator.model import QueryRecord, QueryResult, TemplateRecord
 from tessera.approvals import Approval
 from tessera.audit import AuditLog
 from tessera.clock import Clock
+from tessera.coordinator import convert
+from tessera.coordinator.model import QueryRecord, QueryResult, TemplateRecord
 from tessera.keys import SigningKey
 
 _SCHEMA = (

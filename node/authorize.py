@@ -10,9 +10,9 @@ import functools
 from dataclasses import dataclass
 from datetime import datetime
 
-from node.config import NodeConfig
 from tessera import approvals, requests, templates
 from tessera.errors import Refusal
+from tessera.node.config import NodeConfig
 from tessera.templates.model import Mode, ParamValue, Template
 
 # What each client role may call. An operator may also read the audit log.

@@ -19,7 +19,7 @@ from typing import Final
 
 import duckdb
 
-from node.ingest.manifest import DATASET_NAME, VERSION_FILE, db_path, read_manifest
+from tessera.node.ingest.manifest import DATASET_NAME, VERSION_FILE, db_path, read_manifest
 
 log = logging.getLogger(__name__)
 

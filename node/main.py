@@ -9,14 +9,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from node import config as node_config
-from node.catalog import DatasetCatalog
-from node.ledger import Ledger
-from node.service import NodeService
-from node.servicer import NodeServicer
 from tessera import serving
 from tessera.clock import Clock, SystemClock
 from tessera.keys import SigningKey
+from tessera.node import config as node_config
+from tessera.node import secret
+from tessera.node.catalog import DatasetCatalog
+from tessera.node.ledger import Ledger
+from tessera.node.service import NodeService
+from tessera.node.servicer import NodeServicer
 from tessera.tls import TlsFiles
 from tessera.wire.v1 import node_pb2, node_pb2_grpc
 
@@ -42,7 +43,7 @@ def build_service(cfg: node_config.NodeConfig, clock: Clock) -> NodeService:
     key = SigningKey.load(cfg.signing_key)
     catalog = DatasetCatalog(cfg.data_dir)
     ledger = Ledger(cfg.state_dir / "ledger.sqlite", key, clock)
-    return NodeService(cfg, catalog, ledger, key, clock)
+    return NodeService(cfg, catalog, ledger, key, clock, secret.load_or_create(cfg.state_dir))
 
 
 def start(cfg: node_config.NodeConfig, clock: Clock | None = None) -> RunningNode:

@@ -12,15 +12,15 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from node import compiler, privacy
-from node.authorize import Authorized, authorize, check_peer
-from node.catalog import DatasetCatalog
-from node.config import NodeConfig
-from node.ledger import Ledger, NewRelease, RequestRecord
 from tessera import approvals, canonical, requests, results, schemas
 from tessera.clock import Clock
 from tessera.errors import Refusal
 from tessera.keys import SigningKey
+from tessera.node import compiler, privacy
+from tessera.node.authorize import Authorized, authorize, check_peer
+from tessera.node.catalog import DatasetCatalog
+from tessera.node.config import NodeConfig
+from tessera.node.ledger import Ledger, NewRelease, RequestRecord
 from tessera.templates import params as params_mod
 from tessera.templates.model import Template, measure_sensitivities
 
@@ -60,8 +60,11 @@ class NodeService:
         ledger: Ledger,
         key: SigningKey,
         clock: Clock,
+        secret: bytes,
     ) -> None:
         self.cfg = cfg
+        # The node secret (node/secret.py): keys the order records are kept in under a cap.
+        self.secret = secret
         self.catalog = catalog
         self.ledger = ledger
         self.key = key

@@ -7,8 +7,8 @@ from typing import Any
 
 import grpc
 
-from node.service import Answer, DatasetStatus, NodeService
 from tessera import approvals, requests
+from tessera.node.service import Answer, DatasetStatus, NodeService
 from tessera.serving import guarded
 from tessera.tls import peer_identity
 from tessera.wire.v1 import common_pb2, node_pb2, node_pb2_grpc

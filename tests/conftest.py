@@ -15,7 +15,7 @@ def fed(tmp_path: Path) -> fedlib.Federation:
 
 @pytest.fixture
 def running_node(fed: fedlib.Federation) -> Iterator[tuple[fedlib.Federation, object]]:
-    from node.main import start
+    from tessera.node.main import start
 
     cfg = fedlib.node_config(fed, "Leeds")
     fedlib.ingest_council(fed, cfg)

@@ -22,6 +22,6 @@ def register(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from coordinator import config, main
+    from tessera.coordinator import config, main
 
     return main.serve_forever(config.load(args.config))

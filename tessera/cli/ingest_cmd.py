@@ -11,8 +11,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from node.ingest import IngestError, ingest_dataset
 from tessera.clock import SystemClock
+from tessera.node.ingest import IngestError, ingest_dataset
 from tessera.schemas import DATASETS
 
 EXIT_OK = 0

@@ -28,14 +28,14 @@ def register(sub: Any) -> None:
 
 
 def _serve(args: argparse.Namespace, environ: dict[str, str]) -> int:
-    from node import config, main
+    from tessera.node import config, main
 
     return main.serve_forever(config.load(args.config))
 
 
 def _budget(args: argparse.Namespace, environ: dict[str, str]) -> int:
-    from node import config, main
     from tessera.clock import SystemClock
+    from tessera.node import config, main
 
     cfg = config.load(args.config)
     service = main.build_service(cfg, SystemClock())

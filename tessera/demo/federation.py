@@ -120,7 +120,9 @@ def build(root: Path, *, scale: float, seed: int) -> Layout:
 def ingest_all(layout: Layout) -> dict[str, int]:
     """Load each node's synthetic files as its first dataset version. Returns rows
     rejected per organisation (rows the schema refuses, such as a missing NHS number)."""
-    from node.ingest import ingest_dataset  # the node's own ingest, run as the operator would
+    from tessera.node.ingest import (
+        ingest_dataset,
+    )  # the node's own ingest, run as the operator would
 
     now = datetime.now(UTC)
     rejected: dict[str, int] = {}

@@ -103,7 +103,7 @@ def _run_in(root: Path, options: DemoOptions, console: Console) -> dict[str, Any
 
         def start_node(site: federation.NodeSite) -> None:
             site.port = procs.start(
-                site.slug, "node.main", ["--config", str(site.config_path)]
+                site.slug, "tessera.node.main", ["--config", str(site.config_path)]
             ).port
 
         def start_all() -> None:
@@ -116,7 +116,9 @@ def _run_in(root: Path, options: DemoOptions, console: Console) -> dict[str, Any
             console,
             "The coordinator starts",
             lambda: procs.start(
-                "coordinator", "coordinator.main", ["--config", str(layout.coordinator_config)]
+                "coordinator",
+                "tessera.coordinator.main",
+                ["--config", str(layout.coordinator_config)],
             ),
         )
         address = f"localhost:{coordinator.port}"

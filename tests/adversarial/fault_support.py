@@ -37,15 +37,16 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from node import main as node_main
-from node.catalog import DatasetCatalog
-from node.config import DatasetConfig, NodeConfig
-from node.ledger import Ledger
-from node.service import NodeService
-from node.servicer import NodeServicer
 from tessera import config, requests, serving
 from tessera.clock import Clock
 from tessera.keys import SigningKey
+from tessera.node import main as node_main
+from tessera.node import secret
+from tessera.node.catalog import DatasetCatalog
+from tessera.node.config import DatasetConfig, NodeConfig
+from tessera.node.ledger import Ledger
+from tessera.node.service import NodeService
+from tessera.node.servicer import NodeServicer
 from tessera.tls import TlsFiles
 from tessera.wire.v1 import node_pb2, node_pb2_grpc
 from tests.support import federation as fedlib
@@ -127,7 +128,7 @@ class NodeProcess:
     def start(self) -> NodeProcess:
         with self.log_path.open("ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "node.main", "--config", str(self.cfg_path)],
+                [sys.executable, "-m", "tessera.node.main", "--config", str(self.cfg_path)],
                 stdout=subprocess.PIPE,
                 stderr=log,
                 cwd=ROOT,
@@ -288,7 +289,9 @@ def serve_service(service: NodeService) -> node_main.RunningNode:
 
 def service_with_ledger(cfg: NodeConfig, ledger: Ledger, clock: Clock) -> NodeService:
     key = SigningKey.load(cfg.signing_key)
-    return NodeService(cfg, DatasetCatalog(cfg.data_dir), ledger, key, clock)
+    return NodeService(
+        cfg, DatasetCatalog(cfg.data_dir), ledger, key, clock, secret.load_or_create(cfg.state_dir)
+    )
 
 
 def status_of(call: Any) -> tuple[grpc.StatusCode, Any]:

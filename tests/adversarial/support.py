@@ -19,9 +19,9 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import FieldDescriptor as F
 from hypothesis import strategies as st
 
-from node.main import RunningNode, start
 from tessera import approvals, canonical, keys, requests, templates
 from tessera.keys import SigningKey
+from tessera.node.main import RunningNode, start
 from tessera.templates import parse as template_parse
 from tessera.templates.model import Mode
 from tessera.wire.v1 import common_pb2, node_pb2

@@ -22,7 +22,7 @@ P2 = {"period_start": "2025-04-01", "period_end": "2026-03-31"}
 
 def _start(cfg_path: Path) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "coordinator.main", "--config", str(cfg_path)],
+        [sys.executable, "-m", "tessera.coordinator.main", "--config", str(cfg_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -41,10 +41,10 @@ import numpy.typing as npt
 import opendp.prelude as dp
 import pytest
 
-from node import compiler, privacy
-from node.catalog import DatasetCatalog
-from node.ingest import ingest_dataset
 from tessera import results, schemas, templates
+from tessera.node import compiler, privacy
+from tessera.node.catalog import DatasetCatalog
+from tessera.node.ingest import ingest_dataset
 from tessera.templates.model import (
     Output,
     Privacy,
@@ -482,7 +482,7 @@ def _e2e_files(folder: Path, with_x: bool) -> dict[str, list[Path]]:
 
 
 def end_to_end(tmp: Path, n: int, family_alpha: float) -> dict[str, Any]:
-    from node.main import start
+    from tessera.node.main import start
 
     ssda903 = schemas.dataset("ssda903")
     assert ssda903 is not None

@@ -26,10 +26,10 @@ from typing import Any
 import grpc
 import pytest
 
-from node.main import start
 from tessera import audit
 from tessera.clock import SystemClock
 from tessera.keys import SigningKey
+from tessera.node.main import start
 from tessera.wire.v1 import common_pb2, node_pb2
 from tests.adversarial import fault_support as fs
 from tests.support import federation as fedlib

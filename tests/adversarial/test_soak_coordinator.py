@@ -57,7 +57,7 @@ def test_soak_through_the_coordinator(tmp_path: Path, monkeypatch: pytest.Monkey
         cfg_path = tmp_path / "coordinator.toml"
         cfg_path.write_text(config.dump(region.cfg))
         proc = subprocess.Popen(
-            [sys.executable, "-m", "coordinator.main", "--config", str(cfg_path)],
+            [sys.executable, "-m", "tessera.coordinator.main", "--config", str(cfg_path)],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,

@@ -13,9 +13,9 @@ from typing import Any
 import grpc
 import pytest
 
-from coordinator.model import QueryRecord
 from tessera import approvals, audit, requests, templates
 from tessera.client import ClientError, Progress
+from tessera.coordinator.model import QueryRecord
 from tessera.keys import SigningKey
 from tessera.templates.model import Mode
 from tessera.wire.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc

@@ -17,14 +17,14 @@ from pathlib import Path
 import grpc
 import pytest
 
-from node.config import DatasetConfig, NodeConfig
 from tessera import audit, config
+from tessera.node.config import DatasetConfig, NodeConfig
 from tests.support import federation as fedlib
 
 
 def _start(cfg_path: Path) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "node.main", "--config", str(cfg_path)],
+        [sys.executable, "-m", "tessera.node.main", "--config", str(cfg_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

@@ -11,9 +11,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from node.ingest import ingest_dataset
-from node.main import start
 from tessera import schemas
+from tessera.node.ingest import ingest_dataset
+from tessera.node.main import start
 from tessera.synth import generate_region
 from tests.support import federation as fedlib
 

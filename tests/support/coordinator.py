@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coordinator import config as cc
-from coordinator import main as coordinator_main
 from tessera.client import Client
 from tessera.config import ApproversConfig, TlsConfig, TrustedApprover
+from tessera.coordinator import config as cc
+from tessera.coordinator import main as coordinator_main
 from tessera.keys import SigningKey
 from tessera.tls import make_certificate
 from tests.support import federation as fedlib
@@ -122,7 +122,7 @@ def start_region(
 ) -> Region:
     """Start the councils' nodes, then a coordinator routing to them (and to
     `extra_nodes`, organisation -> host:port, which tests use for dead or hung nodes)."""
-    from node.main import start
+    from tessera.node.main import start
 
     fed = fedlib.make(root, node_names=list(councils))
     issue_user_certs(fed, [ANALYST, *APPROVERS])

@@ -14,11 +14,11 @@ from typing import Any
 
 import grpc
 
-from node.config import ClientConfig, DatasetConfig, NodeConfig
-from node.ingest import ingest_dataset
 from tessera import approvals, requests, schemas, templates
 from tessera.config import ApproversConfig, TlsConfig, TrustedApprover
 from tessera.keys import SigningKey
+from tessera.node.config import ClientConfig, DatasetConfig, NodeConfig
+from tessera.node.ingest import ingest_dataset
 from tessera.templates.model import Analyst, Mode, Template
 from tessera.tls import TlsFiles, make_federation
 from tessera.wire.v1 import common_pb2, node_pb2, node_pb2_grpc

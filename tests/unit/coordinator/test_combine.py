@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.combine import combine
-from coordinator.model import Loss, NodeAnswer, Outcome
 from tessera import results, templates
+from tessera.coordinator.combine import combine
+from tessera.coordinator.model import Loss, NodeAnswer, Outcome
 from tessera.templates.model import Mode, Template
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from coordinator import config
 from tessera.config import ConfigError
+from tessera.coordinator import config
 from tessera.keys import SigningKey
 
 A1, A2, AN = (SigningKey.generate().public.key_id for _ in range(3))

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.model import Loss, NodeReport, QueryRecord, QueryResult, TemplateRecord
-from coordinator.store import Conflict, Store
 from tessera import audit, results
 from tessera.approvals import Approval
 from tessera.clock import FixedClock
+from tessera.coordinator.model import Loss, NodeReport, QueryRecord, QueryResult, TemplateRecord
+from tessera.coordinator.store import Conflict, Store
 from tessera.keys import SigningKey
 from tessera.templates.model import Mode
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from node.catalog import DatasetCatalog, DatasetVersion
-from node.ingest import ingest_dataset
+from tessera.node.catalog import DatasetCatalog, DatasetVersion
+from tessera.node.ingest import ingest_dataset
 from tessera.schemas import DATASETS
 from tests.unit.node.helpers import NOW, valid_file_set
 

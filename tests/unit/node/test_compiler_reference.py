@@ -24,8 +24,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node import compiler
 from tessera import schemas
+from tessera.node import compiler
 from tessera.templates import bind, load_toml
 from tessera.templates.model import (
     BandsDim,

@@ -8,7 +8,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from node.ingest import IngestError, Rejection, ingest_dataset
+from tessera.node.ingest import IngestError, Rejection, ingest_dataset
 from tessera.schemas import DATASETS, ColumnType
 from tests.unit.node.helpers import NOW, csv_to_parquet, query, valid_file_set, write_text
 

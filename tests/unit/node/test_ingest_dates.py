@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.ingest.dates import expand_two_digit_year, parse_date
-from node.ingest.validate import REQUIRED_MISSING, ColumnConverter, Reason
+from tessera.node.ingest.dates import expand_two_digit_year, parse_date
+from tessera.node.ingest.validate import REQUIRED_MISSING, ColumnConverter, Reason
 from tessera.schemas import Column, ColumnType
 
 NOW_YEAR = 2026

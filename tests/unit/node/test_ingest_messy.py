@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from node.ingest import IngestError, IngestReport, Rejection, ingest_dataset
+from tessera.node.ingest import IngestError, IngestReport, Rejection, ingest_dataset
 from tessera.schemas import DATASETS
 from tests.unit.node.helpers import NOW, query, write_text
 
@@ -208,7 +208,7 @@ def test_no_value_leaks_from_a_duckdb_load_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Force DuckDB to fail on a value; its own message would quote that value.
-    from node.ingest import build
+    from tessera.node.ingest import build
 
     real = build._create_sql
     monkeypatch.setattr(

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.ingest.validate import (
+from tessera.node.ingest.validate import (
     NOT_A_BOOLEAN,
     NOT_AN_INTEGER,
     OUT_OF_RANGE,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from node.catalog import DatasetCatalog
-from node.ingest import IngestError, ingest_dataset
-from node.ingest import manifest as manifest_mod
 from tessera import canonical
+from tessera.node.catalog import DatasetCatalog
+from tessera.node.ingest import IngestError, ingest_dataset
+from tessera.node.ingest import manifest as manifest_mod
 from tessera.schemas import DATASETS
 from tests.unit.node.helpers import NOW, valid_file_set
 

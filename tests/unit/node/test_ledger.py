@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from node.ledger import Ledger, NewRelease, RequestRecord
 from tessera.clock import FixedClock
 from tessera.errors import Refusal
 from tessera.keys import SigningKey
+from tessera.node.ledger import Ledger, NewRelease, RequestRecord
 
 BODY = {
     "actor": None,
