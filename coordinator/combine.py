@@ -32,6 +32,11 @@ def check_answer(template: Template, digest: str, organisation: str, a: NodeAnsw
         return f"the answer does not have the template's {n} cells"
     if a.cost.kind != loss_kind(template):
         return f"the answer's privacy loss is in {a.cost.kind}, not {loss_kind(template)}"
+    mechanism = results.mechanism(a.cost.kind)
+    if any(
+        len(m.noise) > 1 or p.mechanism != mechanism for m in a.measures.values() for p in m.noise
+    ):
+        return f"the answer's noise is not one {mechanism} per measure"
     return None
 
 

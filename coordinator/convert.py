@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tessera import approvals, requests, results
+from tessera import approvals, intervals, requests, results
 from tessera.coordinator.model import (
     DatasetBudget,
     Loss,
@@ -21,6 +21,7 @@ from tessera.coordinator.model import (
     QueryEvent,
     QueryRecord,
     QueryResult,
+    SignedPart,
     TemplateRecord,
 )
 from tessera.templates.model import Mode
@@ -55,11 +56,19 @@ def cell_to_proto(c: results.Cell) -> common_pb2.ReleasedCell:
         ci95_low=c.ci95_low,
         ci95_high=c.ci95_high,
         suppressed=c.suppressed,
+        coverage=c.coverage,
     )
 
 
 def cell_from_proto(c: common_pb2.ReleasedCell) -> results.Cell:
-    return results.Cell(tuple(c.labels), c.estimate, c.ci95_low, c.ci95_high, c.suppressed)
+    return results.Cell(
+        tuple(c.labels),
+        c.estimate,
+        c.ci95_low,
+        c.ci95_high,
+        c.suppressed,
+        c.coverage or intervals.LEVEL,
+    )
 
 
 def _cells(cells: Sequence[common_pb2.ReleasedCell]) -> tuple[results.Cell, ...]:
@@ -71,9 +80,12 @@ def dataset_from_proto(d: common_pb2.DatasetInfo) -> DatasetBudget:
         d.name,
         d.schema_version,
         d.version,
-        d.content_sha256,
+        d.version_id,
         loss_from_proto(d.budget_total),
         loss_from_proto(d.budget_spent),
+        d.accountant,
+        d.epsilon_at_delta,
+        d.delta,
     )
 
 
@@ -82,9 +94,12 @@ def dataset_to_proto(d: DatasetBudget) -> common_pb2.DatasetInfo:
         name=d.name,
         schema_version=d.schema_version,
         version=d.version,
-        content_sha256=d.content_sha256,
+        version_id=d.version_id,
         budget_total=loss_to_proto(d.total),
         budget_spent=loss_to_proto(d.spent),
+        accountant=d.accountant,
+        epsilon_at_delta=d.epsilon_at_delta,
+        delta=d.delta,
     )
 
 
@@ -100,6 +115,11 @@ def execute_request(
     )
 
 
+def _noise(parts: Sequence[common_pb2.NoiseComponent]) -> tuple[intervals.NoisePart, ...]:
+    """A measure's noise parts; a malformed one is a ValueError (the answer is refused)."""
+    return tuple(intervals.NoisePart(p.mechanism, p.scale) for p in parts)
+
+
 def answer_from_proto(reply: node_pb2.ExecuteReply) -> NodeAnswer:
     a = reply.answer
     measures = {
@@ -109,6 +129,7 @@ def answer_from_proto(reply: node_pb2.ExecuteReply) -> NodeAnswer:
             m.variance,
             m.ci95_half_width,
             m.ci975_half_width,
+            _noise(m.noise),
         )
         for m in a.measures
     }
@@ -124,6 +145,9 @@ def answer_from_proto(reply: node_pb2.ExecuteReply) -> NodeAnswer:
         cost=loss_from_proto(a.cost),
         charged=loss_from_proto(a.charged).value,
         from_cache=a.from_cache,
+        statement=reply.statement,
+        statement_signature=reply.statement_signature,
+        payload=reply.payload,
     )
 
 
@@ -200,6 +224,20 @@ def result_to_proto(r: QueryResult) -> coordinator_pb2.QueryResult:
             for org, cs in r.per_node
         ],
         statistic=r.statistic,
+        parts=[
+            coordinator_pb2.SignedPart(
+                organisation=p.organisation,
+                statement=p.statement,
+                signature=p.signature,
+                payload=p.payload,
+            )
+            for p in r.parts
+        ],
+        answered_request=None
+        if r.answered_request is None
+        else common_pb2.SignedRequest(
+            canonical=r.answered_request[0], signature=r.answered_request[1]
+        ),
     )
 
 
@@ -220,6 +258,12 @@ def result_from_proto(p: coordinator_pb2.QueryResult) -> QueryResult:
         ),
         privacy_spent=loss_from_proto(p.privacy_spent),
         per_node=tuple((n.organisation, _cells(n.cells)) for n in p.per_node),
+        parts=tuple(
+            SignedPart(s.organisation, s.statement, s.signature, s.payload) for s in p.parts
+        ),
+        answered_request=(p.answered_request.canonical, p.answered_request.signature)
+        if p.HasField("answered_request")
+        else None,
     )
 
 
@@ -244,6 +288,9 @@ def query_to_proto(q: QueryRecord) -> coordinator_pb2.QueryRecord:
     )
     if q.result is not None:
         out.result.CopyFrom(result_to_proto(q.result))
+    out.request.CopyFrom(
+        common_pb2.SignedRequest(canonical=q.request_body, signature=q.request_signature)
+    )
     return out
 
 

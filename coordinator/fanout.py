@@ -23,7 +23,7 @@ from grpc import aio
 from tessera import approvals, requests
 from tessera.coordinator import convert
 from tessera.coordinator.model import NodeAnswer, NodeDescription, Outcome
-from tessera.tls import TlsMaterial
+from tessera.tls import TlsMaterial, pinned_options
 from tessera.wire.v1 import node_pb2, node_pb2_grpc
 
 log = logging.getLogger("tessera.coordinator")
@@ -36,6 +36,9 @@ _GRACE = 5.0
 class Target:
     organisation: str
     address: str
+    # The node's certificate identity (config `identity`). The channel pins it: the
+    # TLS handshake accepts only a certificate naming this node (tls.pinned_options).
+    identity: str = ""
 
 
 class FanOut:
@@ -50,7 +53,7 @@ class FanOut:
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 3000),
         ]
-        self._channels: dict[str, aio.Channel] = {}  # touched only on the loop thread
+        self._channels: dict[tuple[str, str], aio.Channel] = {}  # only on the loop thread
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="tessera-fanout", daemon=True
@@ -148,7 +151,7 @@ class FanOut:
             return Outcome(target.organisation, status, message, round(ms, 3), value)
 
         try:
-            stub = node_pb2_grpc.NodeServiceStub(self._channel(target.address))
+            stub = node_pb2_grpc.NodeServiceStub(self._channel(target.address, target.identity))
             reply = await getattr(stub, method)(request, timeout=deadline)
             result = outcome("OK", "", decode(reply))
         except aio.AioRpcError as e:
@@ -160,11 +163,12 @@ class FanOut:
             result = outcome("INTERNAL", "the coordinator could not make this call")
         done.put(result)
 
-    def _channel(self, address: str) -> aio.Channel:
-        ch = self._channels.get(address)
+    def _channel(self, address: str, identity: str) -> aio.Channel:
+        ch = self._channels.get((address, identity))
         if ch is None:
-            ch = aio.secure_channel(address, self._credentials, options=self._options)
-            self._channels[address] = ch
+            options = self._options + (pinned_options(identity) if identity else [])
+            ch = aio.secure_channel(address, self._credentials, options=options)
+            self._channels[(address, identity)] = ch
         return ch
 
     def _submit(self, coro: Coroutine[Any, Any, None]) -> None:

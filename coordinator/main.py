@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tessera import serving
+from tessera import observability, serving, startup
 from tessera.clock import Clock, SystemClock
 from tessera.coordinator import config as coordinator_config
 from tessera.coordinator.fanout import FanOut
@@ -19,7 +19,7 @@ from tessera.coordinator.service import CoordinatorService
 from tessera.coordinator.servicer import CoordinatorServicer
 from tessera.coordinator.store import Store
 from tessera.keys import SigningKey
-from tessera.tls import TlsFiles
+from tessera.tls import TlsFiles, peer_identity
 from tessera.wire.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["CoordinatorService"].full_name
@@ -44,11 +44,17 @@ class RunningCoordinator:
 
 
 def start(
-    cfg: coordinator_config.CoordinatorConfig, clock: Clock | None = None
+    cfg: coordinator_config.CoordinatorConfig,
+    clock: Clock | None = None,
+    ops: observability.OpsOptions | None = None,
+    where: str = "coordinator config",
 ) -> RunningCoordinator:
     clock = clock or SystemClock()
+    tls = startup.load_tls(where, cfg.tls.cert, cfg.tls.key, cfg.tls.ca)
+    for warning in startup.expiry_warnings({"tls.cert": cfg.tls.cert, "tls.ca": cfg.tls.ca}):
+        log.warning(warning, extra={"event": "certificate_expiry"})
+    startup.require_files(where, {"signing_key": cfg.signing_key})
     key = SigningKey.load(cfg.signing_key)
-    tls = TlsFiles(cfg.tls.cert, cfg.tls.key, cfg.tls.ca).load()
     store = Store(
         cfg.state_dir / "coordinator.sqlite", key, clock, threshold=cfg.approvers.threshold
     )
@@ -69,10 +75,23 @@ def start(
             service_names=[SERVICE_NAME],
             max_message_bytes=cfg.max_message_bytes,
             max_workers=cfg.max_workers,
+            reload_from=TlsFiles(cfg.tls.cert, cfg.tls.key, cfg.tls.ca),
+            ops=ops,
+            metrics=observability.Metrics("coordinator"),
+            on_undecodable=lambda method, context: service.audit_best_effort(
+                service.audit_body(
+                    peer_identity(context),
+                    method.rsplit("/", 1)[-1],
+                    "INVALID_ARGUMENT",
+                    serving.UNDECODABLE_MESSAGE,
+                )
+            ),
         )
-    except BaseException:
+    except BaseException as e:
         fanout.close()
         store.close()
+        if isinstance(e, observability.PortError):
+            raise startup.StartupError(f"{where}: {e}") from None
         raise
     return RunningCoordinator(service, running)
 
@@ -80,14 +99,31 @@ def start(
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tessera coordinator serve")
     parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    observability.add_arguments(parser)
     args = parser.parse_args(argv)
-    return serve_forever(coordinator_config.load(args.config))
+    ops = observability.options_from(args)
+    return startup.run(
+        lambda: serve_forever(coordinator_config.load(args.config), ops, str(args.config)),
+        debug=args.debug,
+        prog="tessera coordinator serve",
+    )
 
 
-def serve_forever(cfg: coordinator_config.CoordinatorConfig) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    coordinator = start(cfg)
-    return serving.wait_for_signal({"port": coordinator.port}, coordinator.stop)
+def serve_forever(
+    cfg: coordinator_config.CoordinatorConfig,
+    ops: observability.OpsOptions | None = None,
+    where: str = "coordinator config",
+) -> int:
+    ops = ops or observability.OpsOptions()
+    observability.configure_logging(ops)
+    coordinator = start(cfg, ops=ops, where=where)
+    ready: dict[str, object] = {"port": coordinator.port}
+    if coordinator.running.metrics_port is not None:
+        ready["metrics_port"] = coordinator.running.metrics_port
+    if coordinator.running.health_port is not None:
+        ready["health_port"] = coordinator.running.health_port
+    return serving.wait_for_signal(ready, coordinator.stop)
 
 
 if __name__ == "__main__":

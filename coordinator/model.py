@@ -39,6 +39,22 @@ class NodeAnswer:
     cost: Loss
     charged: float
     from_cache: bool
+    # The node's signed answer statement and the payload it covers (tessera.answers),
+    # forwarded to the analyst unchanged.
+    statement: bytes = b""
+    statement_signature: bytes = b""
+    payload: bytes = b""
+
+
+@dataclass(frozen=True)
+class SignedPart:
+    """One node's signed statement as forwarded to the analyst. `payload` is empty
+    unless the template permits a per-node breakdown."""
+
+    organisation: str
+    statement: bytes
+    signature: bytes
+    payload: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -82,6 +98,9 @@ class QueryResult:
     nodes: tuple[NodeReport, ...]
     privacy_spent: Loss
     per_node: tuple[tuple[str, tuple[results.Cell, ...]], ...] = ()
+    parts: tuple[SignedPart, ...] = ()
+    # (body, signature) of the earlier request the parts answer, when re-released.
+    answered_request: tuple[bytes, bytes] | None = None
 
 
 @dataclass(frozen=True)
@@ -132,9 +151,14 @@ class DatasetBudget:
     name: str
     schema_version: int
     version: int
-    content_sha256: str
+    # Opaque (keyed with the node's secret): the content hash never leaves a node.
+    version_id: str
     total: Loss
     spent: Loss
+    # The node's accountant for the dataset, and its lifetime spend as (epsilon, delta).
+    accountant: str = ""
+    epsilon_at_delta: float = 0.0
+    delta: float = 0.0
 
 
 @dataclass(frozen=True)

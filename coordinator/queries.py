@@ -8,10 +8,11 @@ already run returns the stored result: nothing is fanned out, nothing spent twic
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
-from tessera import requests, templates
+from tessera import answers, canonical, requests, templates
 from tessera.clock import isoformat
 from tessera.coordinator import combine
 from tessera.coordinator.config import Person
@@ -25,6 +26,7 @@ from tessera.coordinator.model import (
     QueryEvent,
     QueryRecord,
     QueryResult,
+    SignedPart,
     TemplateRecord,
 )
 from tessera.coordinator.service import PUBLISHED, CoordinatorService
@@ -121,6 +123,13 @@ class Queries:
             raise Refusal("FAILED_PRECONDITION", str(e)) from None
         if request.mode is Mode.PER_NODE and not t.access.per_node_breakdown:
             raise Refusal("PERMISSION_DENIED", "the template does not permit per-node answers")
+        participants = t.access.participants
+        if participants and tuple(sorted(set(request.audience))) != participants:
+            raise Refusal(
+                "PERMISSION_DENIED",
+                "the template's approvers fixed its audience: ask exactly "
+                + ", ".join(participants),
+            )
         if request.mode is Mode.SECURE_AGGREGATION:
             raise Refusal("UNIMPLEMENTED", "secure aggregation is not available in this version")
         try:
@@ -214,16 +223,75 @@ class Queries:
     def _finish(self, run: _Run, outcomes: list[Outcome[NodeAnswer]]) -> QueryResult:
         r = run.request
         result = combine.combine(run.template, run.record.digest, r.request_id, r.mode, outcomes)
+        result = dataclasses.replace(result, parts=_signed_parts(run.template, result, outcomes))
         answered = [n.organisation for n in result.nodes if n.contributed]
         message = (
             f"released from {', '.join(answered)}" if result.released else result.withheld_reason
         )
+        if result.released and not run.template.access.per_node_breakdown:
+            earlier = self._earlier_release(run, result, outcomes)
+            if earlier is not None:
+                message = f"the earlier release of query {earlier.query_id} again"
+                result = dataclasses.replace(earlier, query_id=r.request_id)
+                # The nodes' statements answer the earlier request: forward it too, so
+                # the analyst can check them (tessera.verify).
+                first = self.s.store.query(earlier.query_id)
+                if result.answered_request is None and first is not None:
+                    result = dataclasses.replace(
+                        result, answered_request=(first.request_body, first.request_signature)
+                    )
         body = self.s.audit_body(run.identity, "RunQuery", "OK", message, **_request_context(r))
         body["cost"] = {result.privacy_spent.kind: result.privacy_spent.value}
         body["nodes"] = {n.organisation: n.status for n in result.nodes}
+        # Receipts: where each node audited the answer it released (docs/security.md).
+        body["receipts"] = _receipts(result.parts)
         state = RELEASED if result.released else WITHHELD
         self.s.store.finish_query(r.request_id, state, result, body)
         return result
+
+    def _earlier_release(
+        self, run: _Run, result: QueryResult, outcomes: list[Outcome[NodeAnswer]]
+    ) -> QueryResult | None:
+        """No differencing across contributor sets. Each node's noise is keyed by the
+        audience, so the same combined-only question (digest, parameters, audience) asked
+        again draws the same noisy answer from each node whose data is unchanged. Had a
+        node dropped out of one release and not another, their difference would be that
+        node's own figure. So a question is released with one set of contributors: a
+        later fan-out that shares any node's noisy answer with the stored release but
+        has other contributors gets the stored release again. With the same
+        contributors (some of whose data changed) the new combination is released."""
+        r = run.request
+        question = canonical.sha256_hex(
+            canonical.encode(
+                {
+                    "d": run.record.digest,
+                    "p": dict(r.params),
+                    "a": sorted(set(r.audience)),
+                    "m": r.mode.value,
+                }
+            )
+        )
+        contributed = {n.organisation for n in result.nodes if n.contributed}
+        now = {
+            o.organisation: _fingerprint(o.value)
+            for o in outcomes
+            if o.value is not None and o.organisation in contributed
+        }
+        stored = self.s.store.combined_release(question)
+        if stored is not None:
+            before, query_id = stored
+            shared = any(before.get(org) == fp for org, fp in now.items())
+            earlier = self.s.store.query(query_id)
+            if (
+                set(before) != set(now)
+                and shared
+                and earlier is not None
+                and earlier.result is not None
+                and query_id != r.request_id
+            ):
+                return earlier.result
+        self.s.store.put_combined_release(question, now, r.request_id)
+        return None
 
     # -- history ---------------------------------------------------------------------
 
@@ -256,6 +324,50 @@ def _request_context(r: requests.QueryRequest) -> dict[str, object]:
         "mode": r.mode.value,
         "request_id": r.request_id,
     }
+
+
+def _signed_parts(
+    template: Template, result: QueryResult, outcomes: Sequence[Outcome[NodeAnswer]]
+) -> tuple[SignedPart, ...]:
+    """The signed statement of each node that contributed, forwarded unchanged. A node's
+    payload (its own figures) goes with it only when the template permits a per-node
+    breakdown: a combined-only answer must not reveal any one node's figures."""
+    contributed = {n.organisation for n in result.nodes if n.contributed}
+    with_payload = template.access.per_node_breakdown
+    return tuple(
+        SignedPart(
+            o.organisation,
+            o.value.statement,
+            o.value.statement_signature,
+            o.value.payload if with_payload else b"",
+        )
+        for o in sorted(outcomes, key=lambda o: o.organisation)
+        if o.value is not None and o.organisation in contributed
+    )
+
+
+def _fingerprint(a: NodeAnswer) -> str:
+    """Names a node's noisy answer: equal for the same stored answer. Two fresh draws
+    that happen to coincide count as the same (the cautious side)."""
+    return canonical.sha256_hex(
+        canonical.encode({name: list(m.values) for name, m in sorted(a.measures.items())})
+    )
+
+
+def _receipts(parts: Sequence[SignedPart]) -> dict[str, dict[str, object]]:
+    out: dict[str, dict[str, object]] = {}
+    for p in parts:
+        try:
+            st = answers.parse(p.statement)
+        except answers.StatementError:
+            continue
+        out[p.organisation] = {
+            "seq": st.audit_seq,
+            "hash": st.audit_hash,
+            "payload_sha256": st.payload_sha256,
+            "request_hash": st.request_hash,
+        }
+    return out
 
 
 def _report(o: Outcome[NodeAnswer]) -> NodeReport:

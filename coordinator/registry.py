@@ -41,7 +41,9 @@ class Registry:
     def targets(self, organisations: Iterable[str] | None = None) -> list[Target]:
         wanted = set(self._entries) if organisations is None else set(organisations)
         return [
-            Target(org, e.cfg.address) for org, e in sorted(self._entries.items()) if org in wanted
+            Target(org, e.cfg.address, e.cfg.identity)
+            for org, e in sorted(self._entries.items())
+            if org in wanted
         ]
 
     def knows(self, organisation: str) -> bool:

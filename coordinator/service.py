@@ -106,7 +106,11 @@ class CoordinatorService:
     def template_state(self, digest: str, approval_list: list[approvals.Approval]) -> str:
         try:
             approvals.check(
-                digest, approval_list, self.cfg.trusted_approvers, self.cfg.approvers.threshold
+                digest,
+                approval_list,
+                self.cfg.trusted_approvers,
+                self.cfg.approvers.threshold,
+                identities=self.cfg.approvers.identities(),
             )
         except approvals.ApprovalRefused:
             return PENDING

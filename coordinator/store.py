@@ -7,6 +7,7 @@ nothing and the log never disagrees with the state it describes.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -51,6 +52,13 @@ _SCHEMA = (
         result BLOB
     )""",
     "CREATE INDEX IF NOT EXISTS queries_by_analyst ON queries (analyst_key, submitted_at)",
+    # The release of each combined-only question (digest, parameters, audience): which
+    # noisy answer each contributing node gave, and the query that released it.
+    """CREATE TABLE IF NOT EXISTS combined_releases (
+        question TEXT PRIMARY KEY,
+        contributors TEXT NOT NULL,
+        query_id TEXT NOT NULL
+    )""",
 )
 _TEMPLATE_COLS = "digest, id, version, title, canonical, state, submitted_by, submitted_at"
 _QUERY_COLS = (
@@ -106,6 +114,26 @@ class Store:
 
     def audit(self, body: dict[str, Any]) -> None:
         self.audit_log.append(body)
+
+    # -- combined-only releases (no differencing) -------------------------------------
+
+    def combined_release(self, question: str) -> tuple[dict[str, str], str] | None:
+        rows = self._read(
+            "SELECT contributors, query_id FROM combined_releases WHERE question = ?",
+            (question,),
+        )
+        if not rows:
+            return None
+        return {str(k): str(v) for k, v in json.loads(rows[0][0]).items()}, str(rows[0][1])
+
+    def put_combined_release(
+        self, question: str, contributors: dict[str, str], query_id: str
+    ) -> None:
+        with self._tx(None) as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO combined_releases VALUES (?, ?, ?)",
+                (question, json.dumps(contributors, sort_keys=True), query_id),
+            )
 
     # -- templates -------------------------------------------------------------------
 

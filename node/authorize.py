@@ -82,6 +82,7 @@ def authorize(
             cfg.approvers.threshold,
             requester_key=request.analyst_key,
             requester_name=analyst.name if analyst else None,
+            identities=cfg.approvers.identities(),
         )
     except approvals.ApprovalRefused as e:
         raise Refusal(e.code, e.message) from None
@@ -96,6 +97,12 @@ def authorize(
         raise Refusal("FAILED_PRECONDITION", str(e)) from None
     if cfg.organisation not in request.audience:
         raise Refusal("PERMISSION_DENIED", "the request is not addressed to this node")
+    participants = template.access.participants
+    if participants and tuple(sorted(set(request.audience))) != participants:
+        raise Refusal(
+            "PERMISSION_DENIED",
+            "the template's approvers fixed its audience: ask exactly " + ", ".join(participants),
+        )
     if template.dataset not in cfg.datasets:
         raise Refusal("FAILED_PRECONDITION", f"this node does not host {template.dataset}")
     if template.purpose not in cfg.accepted_purposes:

@@ -1,10 +1,14 @@
 """The node's view of its published dataset versions.
 
-A version exists when its manifest (``v<N>.json``) does; ingest writes the
-manifest last and atomically. The directory is re-listed on every lookup, so a
-new ingest is served without a restart. Connections are read-only, one per
-version, shared: callers take ``.cursor()`` per query, because starting a
-statement while another result on the same cursor is only partly fetched raises.
+A version exists when its manifest (``v<N>.json``) and its sealed tables
+(``v<N>.sealed``) do; ingest writes the manifest last and atomically. The
+directory is re-listed on every lookup, so a new ingest is served without a
+restart. A version is decrypted (node/storage.py) into an in-memory DuckDB
+database the first time it is connected to; nothing is decrypted to disk.
+Connections are locked down, one per version, shared: callers take ``.cursor()``
+per query, because starting a statement while another result on the same cursor
+is only partly fetched raises. A plaintext ``v<N>.duckdb`` from before encryption
+at rest is refused, with a warning saying to re-ingest it.
 """
 
 from __future__ import annotations
@@ -15,20 +19,20 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Final
 
 import duckdb
 
-from tessera.node.ingest.manifest import DATASET_NAME, VERSION_FILE, db_path, read_manifest
+from tessera.node import storage, vault
+from tessera.node.ingest.manifest import (
+    DATASET_NAME,
+    VERSION_FILE,
+    db_path,
+    read_manifest,
+    sealed_path,
+)
+from tessera.node.vault import DataKey
 
 log = logging.getLogger(__name__)
-
-# Queries only ever read this version's tables: no files, no extensions, no URLs,
-# and no statement may switch that back on.
-_READ_ONLY_CONFIG: Final[dict[str, str | bool | int | float | list[str]]] = {
-    "enable_external_access": False,
-    "lock_configuration": True,
-}
 
 
 @dataclass(frozen=True)
@@ -37,15 +41,24 @@ class DatasetVersion:
     version: int
     content_sha256: str
     schema_version: int
-    path: Path  # the version's DuckDB file
+    path: Path  # the version's sealed file
+    # From the manifest: (table, distinct children with rows there but no header
+    # row, so NULL header fields such as DOB), e.g. (("episodes", 3),). Read it
+    # with dict(version.children_without_header).
+    children_without_header: tuple[tuple[str, int], ...] = ()
 
 
 class DatasetCatalog:
     """Thread-safe. Close it (or use it as a context manager) to release connections."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, key: DataKey | None = None) -> None:
+        """``key`` opens the sealed versions (default: TESSERA_DATA_KEY_FILE or
+        TESSERA_DATA_KEY, read when a version is first connected to)."""
         self._data_dir = Path(data_dir)
+        self._key = key
         self._lock = threading.Lock()
+        # One loader per version at a time: a version is decrypted once, not per caller.
+        self._loading: dict[tuple[str, int], threading.Lock] = {}
         # Manifests are immutable once published, so a parsed one is good forever.
         self._known: dict[tuple[str, int], DatasetVersion] = {}
         self._warned: set[Path] = set()
@@ -95,13 +108,22 @@ class DatasetCatalog:
             # Only versions this catalog found itself: never an arbitrary path.
             raise ValueError(f"{version.name} version {version.version} is not published")
         with self._lock:
-            if self._closed:
-                raise RuntimeError("catalog is closed")
-            con = self._connections.get(key)
-            if con is None:
-                con = duckdb.connect(
-                    str(known.path), read_only=True, config=dict(_READ_ONLY_CONFIG)
-                )
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError("catalog is closed")
+                con = self._connections.get(key)
+                if con is not None:
+                    return con
+                if self._key is None:
+                    self._key = vault.default_key()
+                data_key = self._key
+            con = storage.open_sealed(known.path, data_key, known.name, known.version)
+            with self._lock:
+                if self._closed:
+                    con.close()
+                    raise RuntimeError("catalog is closed")
                 self._connections[key] = con
             return con
 
@@ -136,13 +158,20 @@ class DatasetCatalog:
         if known is not None:
             return known
         parsed = read_manifest(manifest)
-        database = db_path(manifest.parent, number)
+        database = sealed_path(manifest.parent, number)
         if parsed is None or not database.is_file():
             with self._lock:
                 first = manifest not in self._warned
                 self._warned.add(manifest)
             if first:
-                log.warning("ignoring %s: invalid manifest or missing database", manifest)
+                if db_path(manifest.parent, number).is_file():
+                    log.warning(
+                        "ignoring %s: an unencrypted version from before encryption at rest; "
+                        "ingest its files again",
+                        manifest,
+                    )
+                else:
+                    log.warning("ignoring %s: invalid manifest or missing sealed file", manifest)
             return None
         version = DatasetVersion(
             name=parsed.dataset,
@@ -150,6 +179,7 @@ class DatasetCatalog:
             content_sha256=parsed.content_sha256,
             schema_version=parsed.schema_version,
             path=database,
+            children_without_header=tuple(sorted(parsed.children_without_header.items())),
         )
         with self._lock:
             return self._known.setdefault(key, version)

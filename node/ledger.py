@@ -5,21 +5,31 @@ A spend, the released answer it paid for, the request that asked and the
 audit entry are committed in one transaction, fsynced, before the answer
 leaves the node. The budget check happens inside that transaction, under the
 write lock, so concurrent requests can never overspend.
+
+Spend is kept per *accountant* (one per population by default: node/config.py),
+in zCDP ρ composed by OpenDP (node/privacy.py), over every dataset, version and
+mechanism: a running total for the accountant's lifetime and one per period.
+Nothing here ever lowers a total.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from tessera.audit import AuditLog, AuditRecord
-from tessera.clock import Clock, isoformat
+from tessera.canonical import sha256_hex
+from tessera.clock import Clock, isoformat, parse_iso
 from tessera.errors import Refusal
 from tessera.keys import SigningKey
+from tessera.node import privacy
+from tessera.node.config import Policy
+from tessera.node.vault import LedgerSealer, private_file
 
 # OpenDP's float maps can exceed the nominal figure by a hair.
 _TOLERANCE = 1e-9
@@ -34,7 +44,9 @@ _SCHEMA = (
         kind TEXT NOT NULL,
         cost REAL NOT NULL,
         payload BLOB NOT NULL,
-        created TEXT NOT NULL)""",
+        created TEXT NOT NULL,
+        accountant TEXT NOT NULL,
+        rho REAL NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS releases_by_version ON releases (dataset, version, kind)",
     # Running totals, updated in the same transaction as each release, so that reading
     # what a version has spent costs the same however many answers it has released.
@@ -55,7 +67,39 @@ _SCHEMA = (
         charged REAL NOT NULL,
         created TEXT NOT NULL,
         UNIQUE (analyst, nonce))""",
+    # The accountants' running totals in zCDP ρ: period LIFETIME for the whole life of
+    # the accountant, and one row per period label (see `period_of`).
+    """CREATE TABLE IF NOT EXISTS accountant_spent (
+        accountant TEXT NOT NULL,
+        period TEXT NOT NULL,
+        rho REAL NOT NULL,
+        PRIMARY KEY (accountant, period))""",
+    """CREATE TABLE IF NOT EXISTS ledger_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL)""",
 )
+LIFETIME = "lifetime"
+SCHEMA_VERSION = "2"
+# Called after each paid commit with (audit seq, audit hash, lifetime ρ per accountant).
+OnPaid = Callable[[int, str, dict[str, float]], None]
+
+
+class LedgerSchemaError(RuntimeError):
+    """A ledger file this version cannot use as it is."""
+
+
+def period_of(period: str | None, when: datetime) -> str | None:
+    """The label of the allowance period holding `when` (UTC)."""
+    if period is None:
+        return None
+    if period == "financial_year":  # 1 April to 31 March
+        start = when.year if when.month >= 4 else when.year - 1
+        return f"FY{start}-{(start + 1) % 100:02d}"
+    if period == "calendar_year":
+        return f"{when.year}"
+    if period == "month":
+        return f"{when.year}-{when.month:02d}"
+    raise ValueError(f"unknown period {period!r}")
 
 
 @dataclass(frozen=True)
@@ -76,6 +120,30 @@ class NewRelease:
     kind: str
     cost: float
     payload: bytes
+    # The accountant that pays, and the release's loss in ρ as OpenDP converts it.
+    accountant: str = ""
+    rho: float = 0.0
+
+
+@dataclass(frozen=True)
+class ReleaseRow:
+    answer_key: str
+    dataset: str
+    version: int
+    template_digest: str
+    kind: str
+    cost: float
+    accountant: str
+    rho: float
+    created: str
+
+
+@dataclass(frozen=True)
+class AccountantSpend:
+    accountant: str
+    lifetime_rho: float
+    period: str | None
+    period_rho: float
 
 
 @dataclass(frozen=True)
@@ -89,17 +157,101 @@ class Committed:
 class Ledger:
     """Storage interface for the node's budget and released answers."""
 
-    def __init__(self, path: Path, key: SigningKey, clock: Clock) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(
+        self,
+        path: Path,
+        key: SigningKey,
+        clock: Clock,
+        *,
+        accountant_of: Callable[[str], str] | None = None,
+        period: str | None = None,
+        on_paid: OnPaid | None = None,
+        sealer: LedgerSealer | None = None,
+    ) -> None:
+        """`accountant_of` maps a dataset to its accountant (needed to migrate a ledger
+        written before accountants); `period` is the policy's period kind, and the
+        period totals are rebuilt from the releases when it changes; `on_paid` is
+        called after each paid commit (the rollback watermark). `sealer` encrypts the
+        stored answers and parameters (default: the key TESSERA_DATA_KEY_FILE names)."""
+        self._sealer = sealer if sealer is not None else LedgerSealer.from_environment()
+        private_file(path)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         self._clock = clock
+        self._on_paid = on_paid
         self.audit_log = AuditLog.on_connection(self._conn, self._lock, key, clock)
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
-            for stmt in _SCHEMA:
-                self._conn.execute(stmt)
-            self._conn.commit()
+            try:
+                migrate = self._needs_migration()
+                if migrate and accountant_of is None:
+                    raise LedgerSchemaError(
+                        f"{path}: this ledger predates per-population accountants; start "
+                        "the node with its config to migrate it (every past spend is kept)"
+                    )
+                for stmt in _SCHEMA[:1]:
+                    self._conn.execute(stmt)
+                if migrate:
+                    assert accountant_of is not None
+                    self._migrate(accountant_of)
+                for stmt in _SCHEMA[1:]:
+                    self._conn.execute(stmt)
+                stored = self._meta("period")
+                if migrate or stored != (period or ""):
+                    self._rebuild_totals(period)
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO ledger_meta VALUES ('schema', ?), ('period', ?)",
+                    (SCHEMA_VERSION, period or ""),
+                )
+                self._conn.commit()
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.rollback()
+                self._conn.close()
+                raise
+
+    def _needs_migration(self) -> bool:
+        cols = {r[1] for r in self._conn.execute("PRAGMA table_info(releases)")}
+        return bool(cols) and "accountant" not in cols
+
+    def _meta(self, key: str) -> str | None:
+        if not self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ledger_meta'"
+        ).fetchone():
+            return None
+        row = self._conn.execute("SELECT value FROM ledger_meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _migrate(self, accountant_of: Callable[[str], str]) -> None:
+        """Schema 1 kept a budget per dataset version and kind. Each past release is
+        charged to its dataset's accountant at the ρ OpenDP converts its recorded loss to
+        (ε as one pure release: ρ = ε²/2, never less than its measures' sum)."""
+        self._conn.execute("ALTER TABLE releases ADD COLUMN accountant TEXT NOT NULL DEFAULT ''")
+        self._conn.execute("ALTER TABLE releases ADD COLUMN rho REAL NOT NULL DEFAULT 0")
+        rows = self._conn.execute("SELECT answer_key, dataset, kind, cost FROM releases").fetchall()
+        for key, dataset, kind, cost in rows:
+            rho = privacy.pure_to_rho(float(cost)) if kind == "epsilon" else float(cost)
+            self._conn.execute(
+                "UPDATE releases SET accountant = ?, rho = ? WHERE answer_key = ?",
+                (accountant_of(str(dataset)), rho, key),
+            )
+
+    def _rebuild_totals(self, period: str | None) -> None:
+        """Recompose every accountant's totals from its releases."""
+        groups: dict[tuple[str, str], list[float]] = {}
+        for accountant, rho, created in self._conn.execute(
+            "SELECT accountant, rho, created FROM releases ORDER BY created"
+        ):
+            groups.setdefault((str(accountant), LIFETIME), []).append(float(rho))
+            label = period_of(period, parse_iso(str(created)))
+            if label is not None:
+                groups.setdefault((str(accountant), label), []).append(float(rho))
+        self._conn.execute("DELETE FROM accountant_spent")
+        for (accountant, label), rhos in groups.items():
+            self._conn.execute(
+                "INSERT INTO accountant_spent VALUES (?, ?, ?)",
+                (accountant, label, privacy.compose_rho(rhos)),
+            )
 
     def close(self) -> None:
         with self._lock:
@@ -118,12 +270,52 @@ class Ledger:
         ).fetchone()
         return 0.0 if row is None else float(row[0])
 
+    def accountant_spend(self, policy: Policy) -> AccountantSpend:
+        """What an accountant has spent, for its lifetime and in the current period."""
+        label = period_of(policy.period, self._clock.now())
+        with self._lock:
+            life = self._acc_locked(policy.name, LIFETIME)
+            per = self._acc_locked(policy.name, label) if label is not None else 0.0
+        return AccountantSpend(policy.name, life, label, per)
+
+    def lifetime_totals(self) -> dict[str, float]:
+        with self._lock:
+            return self._lifetime_locked()
+
+    def _lifetime_locked(self) -> dict[str, float]:
+        return {
+            str(a): float(r)
+            for a, r in self._conn.execute(
+                "SELECT accountant, rho FROM accountant_spent WHERE period = ?", (LIFETIME,)
+            )
+        }
+
+    def _acc_locked(self, accountant: str, period: str) -> float:
+        row = self._conn.execute(
+            "SELECT rho FROM accountant_spent WHERE accountant = ? AND period = ?",
+            (accountant, period),
+        ).fetchone()
+        return 0.0 if row is None else float(row[0])
+
+    def release_log(self) -> list[ReleaseRow]:
+        """Every release paid for, oldest first (for operators and audits; no payloads:
+        `stored_answer` opens one)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT answer_key, dataset, version, template_digest, kind, cost, accountant, "
+                "rho, created FROM releases ORDER BY created, rowid"
+            ).fetchall()
+        return [
+            ReleaseRow(str(a), str(d), int(v), str(t), str(k), float(c), str(acc), float(r), str(w))
+            for a, d, v, t, k, c, acc, r, w in rows
+        ]
+
     def stored_answer(self, answer_key: str) -> bytes | None:
         with self._lock:
             row = self._conn.execute(
                 "SELECT payload FROM releases WHERE answer_key = ?", (answer_key,)
             ).fetchone()
-        return None if row is None else bytes(row[0])
+        return None if row is None else self._sealer.open_payload(answer_key, row[0])
 
     def seen(self, req: RequestRecord) -> str | None:
         """Refuse a replay early; return the answer key of an identical retry."""
@@ -137,7 +329,7 @@ class Ledger:
         req: RequestRecord,
         answer_key: str,
         release: NewRelease | None,
-        budget_total: float | None,
+        policy: Policy | None,
         audit_body: dict[str, Any],
     ) -> Committed:
         """Atomically record the request, pay for a new release if there is one,
@@ -159,7 +351,7 @@ class Ledger:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
-                    result = self._commit_locked(req, answer_key, release, budget_total, audit_body)
+                    result = self._commit_locked(req, answer_key, release, policy, audit_body)
                     self._conn.commit()
                 except BaseException:
                     if self._conn.in_transaction:
@@ -170,6 +362,13 @@ class Ledger:
                     self._conn.execute("PRAGMA synchronous=FULL")
             if not free:
                 self.audit_log.write_head()
+                if result.charged > 0 and self._on_paid is not None:
+                    # After the fsynced commit: the watermark never runs ahead of the ledger.
+                    self._on_paid(result.audit.seq, result.audit.hash, self._lifetime_locked())
+        if free:
+            # A free answer leaves only once a signed head covers its entry too; waiting
+            # committers share one head write (group commit).
+            self.audit_log.ensure_head(result.audit.seq)
         return result
 
     def _check_replay(self, req: RequestRecord) -> str | None:
@@ -192,7 +391,7 @@ class Ledger:
         req: RequestRecord,
         answer_key: str,
         release: NewRelease | None,
-        budget_total: float | None,
+        policy: Policy | None,
         audit_body: dict[str, Any],
     ) -> Committed:
         retry_key = self._check_replay(req)
@@ -204,6 +403,7 @@ class Ledger:
                     "cost": 0.0,
                     "cached": True,
                     "message": "retry of an answered request",
+                    "payload_sha256": sha256_hex(payload),
                 }
             )
             return Committed(payload, 0.0, True, record)
@@ -212,29 +412,27 @@ class Ledger:
         ).fetchone()
         charged = 0.0
         if existing is not None:
-            payload = bytes(existing[0])
+            payload = self._sealer.open_payload(answer_key, existing[0])
         else:
             if release is None:
                 raise RuntimeError("no stored answer and nothing to release")
-            spent = self._spent_locked(release.dataset, release.version, release.kind)
-            if budget_total is None or spent + release.cost > budget_total * (1 + _TOLERANCE):
-                raise Refusal(
-                    "RESOURCE_EXHAUSTED",
-                    f"the {release.kind} budget for {release.dataset} version "
-                    f"{release.version} cannot pay {release.cost:g}",
-                )
+            if policy is None or policy.name != release.accountant:
+                raise RuntimeError("a release must be paid by its own accountant's policy")
+            self._pay_locked(policy, release.rho)
             self._conn.execute(
-                "INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     answer_key,
                     release.dataset,
                     release.version,
                     release.template_digest,
-                    json.dumps(release.params, sort_keys=True),
+                    self._sealer.seal_params(answer_key, release.params),
                     release.kind,
                     release.cost,
-                    release.payload,
+                    self._sealer.seal_payload(answer_key, release.payload),
                     isoformat(self._clock.now()),
+                    release.accountant,
+                    release.rho,
                 ),
             )
             self._conn.execute(
@@ -256,9 +454,42 @@ class Ledger:
             ),
         )
         record = self.audit_log.append_tx(
-            {**audit_body, "cost": charged, "cached": existing is not None}
+            {
+                **audit_body,
+                "cost": charged,
+                "cached": existing is not None,
+                # What was released, so a signed answer statement can be traced here.
+                "payload_sha256": sha256_hex(payload),
+            }
         )
         return Committed(payload, charged, existing is not None, record)
+
+    def _pay_locked(self, policy: Policy, rho: float) -> None:
+        """Check and record a spend of `rho` against every limit of `policy`, inside the
+        caller's transaction. The new totals are OpenDP's composition of the old with it."""
+        if rho <= 0:
+            raise RuntimeError("a release must cost something")
+        label = period_of(policy.period, self._clock.now())
+        checks = [(LIFETIME, policy.lifetime_rho)]
+        if label is not None:
+            checks.append((label, policy.period_rho))
+        updates = []
+        for period, limit in checks:
+            spent = self._acc_locked(policy.name, period)
+            total = privacy.compose_rho([spent, rho])
+            if limit is not None and total > limit * (1 + _TOLERANCE):
+                which = "lifetime" if period == LIFETIME else f"{period} allowance"
+                raise Refusal(
+                    "RESOURCE_EXHAUSTED",
+                    f"the {which} of accountant {policy.name} (rho {limit:g}, {spent:.6g} "
+                    f"spent) cannot pay rho {rho:.6g}",
+                )
+            updates.append((policy.name, period, total))
+        self._conn.executemany(
+            "INSERT INTO accountant_spent VALUES (?, ?, ?) "
+            "ON CONFLICT (accountant, period) DO UPDATE SET rho = excluded.rho",
+            updates,
+        )
 
     def _payload(self, answer_key: str) -> bytes:
         row = self._conn.execute(
@@ -266,7 +497,7 @@ class Ledger:
         ).fetchone()
         if row is None:
             raise RuntimeError("a recorded request points at a missing answer")
-        return bytes(row[0])
+        return self._sealer.open_payload(answer_key, row[0])
 
     def audit(self, body: dict[str, Any]) -> AuditRecord:
         """Append an entry on its own (refusals)."""

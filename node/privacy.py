@@ -25,7 +25,9 @@ from opendp.accuracy import (
 
 from tessera.templates.model import Privacy, Sensitivity
 
-dp.enable_features("contrib")
+# "honest-but-curious" admits the constant-loss measurements the accountant composes
+# (`_spent`): their privacy maps return figures OpenDP itself computed.
+dp.enable_features("contrib", "honest-but-curious")
 
 IntVector = npt.NDArray[np.int64]
 # OpenDP's float maps can land a hair above the nominal value (see dependency notes).
@@ -152,3 +154,69 @@ def noise_variance(kind: str, scale: float) -> float:
         q = math.exp(-1.0 / scale)
         return 2 * q / (1 - q) ** 2
     return scale * scale
+
+
+# -- accounting: every figure in zCDP ρ, composed by OpenDP ----------------------------
+
+
+def _spent(rho: float) -> Any:
+    """A measurement standing for a release already made, whose loss is `rho`."""
+    return dp.m.make_user_measurement(
+        dp.atom_domain(T=bool),
+        dp.symmetric_distance(),
+        dp.zero_concentrated_divergence(),
+        function=lambda x: x,
+        privacy_map=lambda d_in: rho,
+    )
+
+
+def _spent_pure(epsilon: float) -> Any:
+    return dp.m.make_user_measurement(
+        dp.atom_domain(T=bool),
+        dp.symmetric_distance(),
+        dp.max_divergence(),
+        function=lambda x: x,
+        privacy_map=lambda d_in: epsilon,
+    )
+
+
+def measure_rho(c: Calibration) -> float:
+    """One measure's loss in zCDP: OpenDP's map of the discrete Gaussian, or of the
+    discrete Laplace converted by `make_pureDP_to_zCDP` (ρ = ε²/2)."""
+    d_in = _d_in(c.kind, c.sensitivity)
+    if c.kind == "epsilon":
+        converted: Any = dp.c.make_pureDP_to_zCDP(_laplace(c.scale))
+        return float(converted.map(d_in))
+    return float(_gaussian(c.scale).map(d_in))
+
+
+def compose_rho(rhos: list[float]) -> float:
+    """The zCDP loss of releasing all of `rhos` (OpenDP's composition)."""
+    rhos = [r for r in rhos if r > 0]
+    if not rhos:
+        return 0.0
+    if len(rhos) == 1:
+        return rhos[0]
+    composed: Any = dp.c.make_composition([_spent(r) for r in rhos])
+    return float(composed.map(1))
+
+
+def release_rho(calibrations: list[Calibration]) -> float:
+    """A release's loss in zCDP: its measures' losses, converted and composed."""
+    return compose_rho([measure_rho(c) for c in calibrations])
+
+
+def pure_to_rho(epsilon: float) -> float:
+    """ρ of a pure ε-DP release as OpenDP converts it (for ledgers that recorded only ε)."""
+    converted: Any = dp.c.make_pureDP_to_zCDP(_spent_pure(epsilon))
+    return float(converted.map(1))
+
+
+@lru_cache(maxsize=1024)
+def approx_epsilon(rho: float, delta: float) -> float:
+    """ε at `delta` for a zCDP loss of `rho` (OpenDP's `make_zCDP_to_approxDP`)."""
+    if rho <= 0:
+        return 0.0
+    m: Any = dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(_spent(rho)), delta)
+    eps, _ = m.map(1)
+    return float(eps)

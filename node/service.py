@@ -6,20 +6,22 @@ spend nothing. An answer leaves only after its spend is committed.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
+import secrets
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from tessera import approvals, canonical, requests, results, schemas
+from tessera import answers, approvals, canonical, requests, results, schemas
 from tessera.clock import Clock
 from tessera.errors import Refusal
 from tessera.keys import SigningKey
 from tessera.node import compiler, privacy
 from tessera.node.authorize import Authorized, authorize, check_peer
 from tessera.node.catalog import DatasetCatalog
-from tessera.node.config import NodeConfig
+from tessera.node.config import NodeConfig, Policy
 from tessera.node.ledger import Ledger, NewRelease, RequestRecord
 from tessera.templates import params as params_mod
 from tessera.templates.model import Template, measure_sensitivities
@@ -40,16 +42,40 @@ class Answer:
     from_cache: bool
     audit_seq: int
     audit_hash: str
+    # The signed answer statement (tessera.answers) and the payload it covers.
+    statement: bytes = b""
+    statement_signature: bytes = b""
+    payload: bytes = b""
 
 
 @dataclass(frozen=True)
 class DatasetStatus:
+    """A hosted dataset's latest version and its accountant's spend. `content_sha256`
+    is for the operator only: on the wire a version is named by `version_id`."""
+
     name: str
     schema_version: int
     version: int
     content_sha256: str
+    # {"rho": limit} and {"rho": spent}: the lifetime cap, or the period's allowance.
     budget_total: dict[str, float]
     budget_spent: dict[str, float]
+    version_id: str = ""
+    accountant: str = ""
+    lifetime_rho_spent: float = 0.0
+    period: str | None = None
+    period_rho_total: float | None = None
+    period_rho_spent: float = 0.0
+    epsilon_at_delta: float = 0.0
+    delta: float = 0.0
+
+
+def version_id(secret: bytes, dataset: str, content_sha256: str) -> str:
+    """An opaque name for a version's content: keyed with the node secret, so it says
+    nothing about the files (no one outside can test a guess), yet content-identical
+    data keeps its identifier."""
+    message = f"tessera/v1/version-id\x00{dataset}\x00{content_sha256}".encode()
+    return hmac.new(secret, message, "sha256").hexdigest()[:32]
 
 
 class NodeService:
@@ -79,19 +105,37 @@ class NodeService:
     def status(self) -> list[DatasetStatus]:
         """Each hosted dataset's latest version and its budget (for the operator)."""
         out = []
-        for name, ds_cfg in sorted(self.cfg.datasets.items()):
+        for name in sorted(self.cfg.datasets):
             v = self.catalog.latest(name)
             if v is None:
                 continue
-            totals = {
-                k: t for k, t in (("epsilon", ds_cfg.epsilon), ("rho", ds_cfg.rho)) if t is not None
-            }
-            spent = {k: self.ledger.spent(name, v.version, k) for k in totals}
+            policy = self.cfg.policy(self.cfg.accountant_of(name))
+            spend = self.ledger.accountant_spend(policy)
+            if policy.lifetime_rho is not None:
+                totals, spent = {"rho": policy.lifetime_rho}, {"rho": spend.lifetime_rho}
+            else:
+                assert policy.period_rho is not None
+                totals, spent = {"rho": policy.period_rho}, {"rho": spend.period_rho}
             schema = schemas.dataset(name)
             assert schema is not None
             out.append(
                 DatasetStatus(
-                    name, schema.schema_version, v.version, v.content_sha256, totals, spent
+                    name,
+                    schema.schema_version,
+                    v.version,
+                    v.content_sha256,
+                    totals,
+                    spent,
+                    version_id=version_id(self.secret, name, v.content_sha256),
+                    accountant=policy.name,
+                    lifetime_rho_spent=spend.lifetime_rho,
+                    period=spend.period,
+                    period_rho_total=policy.period_rho,
+                    period_rho_spent=spend.period_rho,
+                    epsilon_at_delta=privacy.approx_epsilon(
+                        spend.lifetime_rho, self.cfg.privacy.delta
+                    ),
+                    delta=self.cfg.privacy.delta,
                 )
             )
         return out
@@ -132,6 +176,13 @@ class NodeService:
             )
             self._audit_refusal(identity, signed, down, auth=auth)
             raise down from None
+        except Exception as e:
+            # A fault of ours (DuckDB, OpenDP, an overflow): audited by its type only,
+            # never its text (which can carry data values), then re-raised for the
+            # servicer to log and answer INTERNAL. Nothing was released.
+            internal = Refusal("INTERNAL", f"internal error ({type(e).__name__})")
+            self._audit_refusal(identity, signed, internal, auth=auth)
+            raise
 
     def _answer(
         self, identity: str | None, auth: Authorized, signed: requests.SignedRequest
@@ -141,9 +192,20 @@ class NodeService:
         if version is None:
             raise Refusal("FAILED_PRECONDITION", f"no version of {t.dataset} has been loaded")
         params_json = params_mod.to_json(auth.params)
+        # The audience is part of the question: each distinct audience gets its own noise
+        # and is paid for afresh, so no two releases share a node's noise (no differencing).
+        # The data is named by its content: a content-identical re-ingest is the same
+        # version, with the same answers and no new spend.
+        audience = sorted(set(auth.request.audience))
         answer_key = canonical.sha256_hex(
             canonical.encode(
-                {"d": auth.digest, "p": params_json, "ds": t.dataset, "v": version.version}
+                {
+                    "d": auth.digest,
+                    "p": params_json,
+                    "ds": t.dataset,
+                    "c": version.content_sha256,
+                    "a": audience,
+                }
             )
         )
         req = RequestRecord(
@@ -156,32 +218,40 @@ class NodeService:
         except privacy.CalibrationError as e:
             raise Refusal("INVALID_ARGUMENT", f"the template's privacy cost: {e}") from None
         cost = privacy.total_loss(calibrations)
+        rho = privacy.release_rho(calibrations)
         release = None
-        ds_cfg = self.cfg.datasets[t.dataset]
-        total = ds_cfg.epsilon if cost.kind == "epsilon" else ds_cfg.rho
-        if total is None:
-            raise Refusal(
-                "FAILED_PRECONDITION", f"this node sets no {cost.kind} budget for {t.dataset}"
-            )
+        policy = self.cfg.policy(self.cfg.accountant_of(t.dataset))
         if self.ledger.stored_answer(answer_key) is None:
-            if self.ledger.spent(t.dataset, version.version, cost.kind) + cost.value > total * (
-                1 + 1e-9
-            ):
-                raise Refusal(
-                    "RESOURCE_EXHAUSTED",
-                    f"the {cost.kind} budget for {t.dataset} version {version.version} "
-                    f"cannot pay {cost.value:g}",
-                )
-            release = self._compute(auth, version, calibrations, cost, answer_key, params_json)
+            self._check_affordable(policy, rho)
+            release = self._compute(
+                auth, version, calibrations, cost, answer_key, params_json, policy.name, rho
+            )
         body = self._audit_body(identity, auth.request, "OK", "answered", auth=auth)
         body["dataset_version"] = version.version
-        committed = self.ledger.commit(req, answer_key, release, total, body)
+        committed = self.ledger.commit(req, answer_key, release, policy, body)
         stored = json.loads(committed.payload)
+        signed_statement = answers.sign(
+            answers.Statement(
+                organisation=self.cfg.organisation,
+                node_key=self.key.public.key_id,
+                request_id=auth.request.request_id,
+                request_hash=signed.hash,
+                template_digest=auth.digest,
+                answer_key=answer_key,
+                dataset=t.dataset,
+                dataset_version=version.version,
+                payload_sha256=answers.payload_digest(committed.payload),
+                cost_kind=stored["kind"],
+                cost=stored["cost"],
+                charged=committed.charged,
+                from_cache=committed.from_cache,
+                audit_seq=committed.audit.seq,
+                audit_hash=committed.audit.hash,
+            ),
+            self.key,
+        )
         measures = {
-            m["name"]: results.Measure(
-                m["name"], tuple(m["values"]), m["variance"], m["ci95"], m["ci975"]
-            )
-            for m in stored["measures"]
+            m["name"]: results.measure_from_stored(m, stored["kind"]) for m in stored["measures"]
         }
         return Answer(
             organisation=self.cfg.organisation,
@@ -195,6 +265,9 @@ class NodeService:
             from_cache=committed.from_cache,
             audit_seq=committed.audit.seq,
             audit_hash=committed.audit.hash,
+            statement=signed_statement.statement,
+            statement_signature=signed_statement.signature,
+            payload=committed.payload,
         )
 
     def _compute(
@@ -205,10 +278,14 @@ class NodeService:
         cost: privacy.Loss,
         answer_key: str,
         params_json: dict[str, Any],
+        accountant: str,
+        rho: float,
     ) -> NewRelease:
         t = auth.template
         exclude = t.purpose != schemas.DIRECT_CARE
-        query = compiler.compile_query(t, auth.params, exclude_opted_out=exclude)
+        query = compiler.compile_query(
+            t, auth.params, exclude_opted_out=exclude, order_key=self.secret
+        )
         cursor = self.catalog.connect(version).cursor()
         try:
             exact = compiler.run(cursor, query)
@@ -217,6 +294,10 @@ class NodeService:
         noisy = [privacy.add_noise(c, exact[c.name]) for c in calibrations]
         payload = canonical.encode(
             {
+                # The signed statement carries this payload's hash even where the payload
+                # itself is withheld (combined-only): the salt keeps the figures from being
+                # found by hashing guesses.
+                "salt": secrets.token_hex(16),
                 "kind": cost.kind,
                 "cost": cost.value,
                 "measures": [
@@ -226,6 +307,8 @@ class NodeService:
                         "variance": n.variance,
                         "ci95": n.ci95_half_width,
                         "ci975": n.ci975_half_width,
+                        "mechanism": results.mechanism(cost.kind),
+                        "scale": n.scale,
                     }
                     for n in noisy
                 ],
@@ -240,7 +323,24 @@ class NodeService:
             cost.kind,
             cost.value,
             payload,
+            accountant,
+            rho,
         )
+
+    def _check_affordable(self, policy: Policy, rho: float) -> None:
+        """A cheap early refusal before the data is read; the binding check is the
+        ledger's, inside the commit."""
+        spend = self.ledger.accountant_spend(policy)
+        for which, spent, limit in (
+            ("lifetime", spend.lifetime_rho, policy.lifetime_rho),
+            (f"{spend.period} allowance", spend.period_rho, policy.period_rho),
+        ):
+            if limit is not None and privacy.compose_rho([spent, rho]) > limit * (1 + 1e-9):
+                raise Refusal(
+                    "RESOURCE_EXHAUSTED",
+                    f"the {which} of accountant {policy.name} (rho {limit:g}, {spent:.6g} "
+                    f"spent) cannot pay rho {rho:.6g}",
+                )
 
     # -- audit ---------------------------------------------------------------------
 
@@ -265,6 +365,12 @@ class NodeService:
             "message": message,
         }
 
+    def audit_undecodable(self, identity: str | None, method: str) -> None:
+        """A call whose payload did not decode (invalid UTF-8 in a string field, say):
+        refused INVALID_ARGUMENT by the server, audited here."""
+        r = Refusal("INVALID_ARGUMENT", "the request payload is not a valid protobuf message")
+        self._audit_refusal(identity, None, r, method=method.rsplit("/", 1)[-1])
+
     def _audit_refusal(
         self,
         identity: str | None,
@@ -285,5 +391,5 @@ class NodeService:
         body["method"] = method
         try:
             self.ledger.audit(body)
-        except (sqlite3.Error, OSError) as e:
+        except Exception as e:  # never let auditing a refusal hide the refusal
             log.error("could not audit a refusal (%s)", type(e).__name__)

@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from tessera import approvals, requests
+from tessera import approvals, requests, startup
 from tessera.node.service import Answer, DatasetStatus, NodeService
 from tessera.serving import guarded
 from tessera.tls import peer_identity
@@ -22,16 +22,23 @@ def _loss(kind: str, value: float) -> common_pb2.PrivacyLoss:
 
 
 def _dataset_infos(datasets: list[DatasetStatus]) -> list[common_pb2.DatasetInfo]:
-    """One entry per dataset and budget kind: a dataset with both an ε and a ρ
-    budget appears twice, so that neither spend is hidden."""
+    """One entry per dataset, with its accountant's spend in ρ. The content hash stays
+    on the node: a version is named by its opaque `version_id`."""
     return [
         common_pb2.DatasetInfo(
             name=d.name,
             schema_version=d.schema_version,
             version=d.version,
-            content_sha256=d.content_sha256,
+            version_id=d.version_id,
             budget_total=_loss(kind, total),
             budget_spent=_loss(kind, d.budget_spent[kind]),
+            accountant=d.accountant,
+            epsilon_at_delta=d.epsilon_at_delta,
+            delta=d.delta,
+            period=d.period or "",
+            period_rho_total=d.period_rho_total or 0.0,
+            period_rho_spent=d.period_rho_spent,
+            lifetime_rho_spent=d.lifetime_rho_spent,
         )
         for d in datasets
         for kind, total in d.budget_total.items()
@@ -48,6 +55,9 @@ def answer_to_proto(a: Answer) -> node_pb2.ExecuteReply:
             variance=m.variance,
             ci95_half_width=m.ci95_half_width,
             ci975_half_width=m.ci975_half_width,
+            noise=[
+                common_pb2.NoiseComponent(mechanism=p.mechanism, scale=p.scale) for p in m.noise
+            ],
         )
         for m in a.measures.values()
     ]
@@ -58,6 +68,7 @@ def answer_to_proto(a: Answer) -> node_pb2.ExecuteReply:
             ci95_low=c.ci95_low,
             ci95_high=c.ci95_high,
             suppressed=c.suppressed,
+            coverage=c.coverage,
         )
         for c in a.cells
     ]
@@ -74,7 +85,13 @@ def answer_to_proto(a: Answer) -> node_pb2.ExecuteReply:
         from_cache=a.from_cache,
     )
     return node_pb2.ExecuteReply(
-        organisation=a.organisation, answer=answer, audit_seq=a.audit_seq, audit_hash=a.audit_hash
+        organisation=a.organisation,
+        answer=answer,
+        audit_seq=a.audit_seq,
+        audit_hash=a.audit_hash,
+        statement=a.statement,
+        statement_signature=a.statement_signature,
+        payload=a.payload,
     )
 
 
@@ -93,6 +110,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             accepted_purposes=list(cfg.accepted_purposes),
             node_key=self.service.key.public.key_id,
             software_version=VERSION,
+            warnings=startup.expiry_warnings(
+                {"tls.cert": cfg.tls.cert, "tls.ca": cfg.tls.ca}, paths=False
+            ),
         )
 
     def GetBudget(self, request: Any, context: Any) -> node_pb2.GetBudgetReply:

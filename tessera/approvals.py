@@ -43,22 +43,23 @@ def check(
     *,
     requester_key: str | None = None,
     requester_name: str | None = None,
+    identities: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Return the names of the distinct trusted approvers whose signatures count.
 
-    `trusted` maps key id to approver name. An approver who is also the
+    `trusted` maps key id to approver name; `identities` maps key id to the person
+    (name and organisation), so that several keys of one person count once (without
+    it, each key is a person). An approver who is also the
     requesting analyst (same key or same name) does not count. Raises
     ApprovalRefused unless at least `threshold` approvals count.
     """
     message = bytes.fromhex(digest)
     counted: dict[str, str] = {}
-    unknown = 0
     own = 0
-    for a in approvals:
-        name = trusted.get(a.approver_key)
-        if name is None:
-            unknown += 1
-            continue
+    # De-duplicated and capped before any signature is checked (distinct_trusted).
+    unknown = len({a.approver_key for a in approvals if a.approver_key not in trusted})
+    for a in distinct_trusted(approvals, trusted):
+        name = trusted[a.approver_key]
         key = keys.PublicKey.from_id(a.approver_key)
         if not key.verify(keys.TEMPLATE_APPROVAL, message, a.signature):
             raise ApprovalRefused(
@@ -71,7 +72,9 @@ def check(
         ):
             own += 1
             continue
-        counted[a.approver_key] = name
+        # Counted by person: two keys of one approver (key rotation) count once.
+        person = identities.get(a.approver_key, a.approver_key) if identities else a.approver_key
+        counted[person] = name
     if len(counted) >= threshold:
         return sorted(counted.values())
     if not approvals:
@@ -82,6 +85,23 @@ def check(
     if own:
         detail += "; the requesting analyst's own approval does not count"
     raise ApprovalRefused("PERMISSION_DENIED", detail)
+
+
+def distinct_trusted(approvals: Sequence[Approval], trusted: Mapping[str, str]) -> list[Approval]:
+    """The approvals worth verifying, found without checking any signature: the first
+    approval by each trusted key, and nothing by any other key. So a request costs at
+    most len(trusted) signature checks, however many copies or strangers it carries
+    (the rest is one set lookup per approval, bounded by the message size)."""
+    seen: set[str] = set()
+    known: list[Approval] = []
+    for a in approvals:
+        if a.approver_key in seen or a.approver_key not in trusted:
+            continue
+        seen.add(a.approver_key)
+        known.append(a)
+        if len(known) == len(trusted):
+            break
+    return known
 
 
 def sigs_path(template_path: Path) -> Path:

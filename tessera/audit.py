@@ -36,7 +36,7 @@ import sqlite3
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +56,8 @@ MAX_BODY_BYTES = 1 << 20
 MAX_EXPORT = 1000
 # A wholesale forgery would otherwise list every entry.
 MAX_PROBLEMS = 100
+# A head file is padded with spaces to this length (it can then be overwritten in place).
+HEAD_BYTES = 512
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS audit (
@@ -112,8 +114,9 @@ def entry_hash(prev_hash: str, body: bytes) -> str:
     return canonical.sha256_hex(bytes.fromhex(prev_hash) + body)
 
 
-def head_message(seq: int, hash_: str) -> bytes:
-    return canonical.encode({"hash": hash_, "seq": seq})
+def head_message(seq: int, hash_: str, time: str) -> bytes:
+    """What a head's signature covers: the entry it anchors and when it was written."""
+    return canonical.encode({"hash": hash_, "seq": seq, "time": time})
 
 
 def default_head_path(db_path: Path) -> Path:
@@ -167,6 +170,10 @@ class AuditLog:
         self._clock = clock
         self._head_path = head_path
         self._owns = owns_connection
+        # Heads are published under their own lock (always taken last, never while
+        # waiting for `lock`), so concurrent committers share one head write.
+        self._head_lock = threading.Lock()
+        self._head_seq = 0
 
     @classmethod
     def open(cls, path: Path, key: SigningKey, clock: Clock) -> AuditLog:
@@ -230,14 +237,37 @@ class AuditLog:
             raise
         # Refuse to extend a log signed by someone else: the result would never verify.
         last = self._conn.execute(
-            "SELECT seq, hash, signature FROM audit ORDER BY seq DESC LIMIT 1"
+            "SELECT seq, hash, signature, body FROM audit ORDER BY seq DESC LIMIT 1"
         ).fetchone()
-        if last is not None and not _hash_signature_ok(self._key.public, last[1], last[2]):
+        if (
+            last is not None
+            and not _hash_signature_ok(self._key.public, last[1], last[2])
+            and not _hands_over_to(self._key.public, last[1], last[2], last[3])
+        ):
             raise AuditError(
                 f"the last audit entry (seq {last[0]}) is not signed by this log's key"
             )
 
     # -- writing -------------------------------------------------------------------
+
+    def rotate(self, new_key: PublicKey, actor: str = "operator") -> AuditRecord:
+        """Hand the log over to `new_key`: one entry, signed by the current key, that
+        names the next one (KEY_ROTATION). Entries after it are signed by the new key,
+        and verification follows the handover. Open the log with the new key next."""
+        if new_key.key_id == self._key.public.key_id:
+            raise AuditError("the new key is the key that signs this log now")
+        return self.append(
+            {
+                "actor": actor,
+                "template_digest": None,
+                "params": None,
+                "mode": None,
+                "cost": None,
+                "outcome": "key_rotated",
+                "message": f"signing key rotated to {new_key.key_id}",
+                KEY_ROTATION: {"from": self._key.public.key_id, "to": new_key.key_id},
+            }
+        )
 
     def append(self, body: dict[str, Any]) -> AuditRecord:
         """Commit one entry, then write the head. Thread-safe.
@@ -273,6 +303,21 @@ class AuditLog:
         if self._conn.in_transaction:
             raise AuditError("write_head must run after the transaction commits")
         self._write_head_locked()
+
+    def ensure_head(self, seq: int) -> None:
+        """Return once a signed head covers entry `seq`. Call WITHOUT the lock, after the
+        commit. Group commit: callers arriving while a head is being written wait for it,
+        then at most one of them writes the next head covering all of them. This head is
+        written atomically but not fsynced, matching the entries it covers (committed
+        with synchronous=NORMAL: see the module notes)."""
+        while self._head_seq < seq:
+            with self._lock:
+                last = self._conn.execute(
+                    "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1"
+                ).fetchone()
+            if last is None or int(last[0]) < seq:
+                raise AuditError(f"entry {seq} is not committed")
+            self._publish_head(int(last[0]), str(last[1]), durable=False)
 
     def _insert(self, body: dict[str, Any]) -> AuditRecord:
         fields_ = self._complete(body)
@@ -310,13 +355,29 @@ class AuditLog:
         ).fetchone()
         if last is None:
             return
-        seq, digest = int(last[0]), str(last[1])
-        head = {
-            "hash": digest,
-            "seq": seq,
-            "signature": self._key.sign(keys.AUDIT_HEAD, head_message(seq, digest)).hex(),
-        }
-        _write_atomic(self._head_path, canonical.encode(head) + b"\n")
+        self._publish_head(int(last[0]), str(last[1]), durable=True)
+
+    def _publish_head(self, seq: int, digest: str, *, durable: bool) -> None:
+        """Write the head for (seq, digest) unless a later one is already written. Heads
+        only move forward, whoever writes them."""
+        with self._head_lock:
+            if seq <= self._head_seq and not durable:
+                return
+            if seq < self._head_seq:
+                return
+            time = isoformat(self._clock.now())
+            head = {
+                "hash": digest,
+                "seq": seq,
+                "signature": self._key.sign(keys.AUDIT_HEAD, head_message(seq, digest, time)).hex(),
+                "time": time,
+            }
+            data = canonical.encode(head).ljust(HEAD_BYTES - 1) + b"\n"
+            if durable:
+                _write_atomic(self._head_path, data)
+            else:
+                _overwrite(self._head_path, data)
+            self._head_seq = seq
 
     # -- reading -------------------------------------------------------------------
 
@@ -368,6 +429,10 @@ class _Checker:
         self.expected_seq = 1
         self.prev_hash = GENESIS
         self.hashes: dict[int, str] = {}
+        self.bodies: dict[int, bytes] = {}
+        self.head_time: str | None = None
+        # Entries whose signature verified, per key id (a log can change keys).
+        self.signed_by: dict[str, int] = {}
         self._more = 0
 
     def problem(self, text: str) -> None:
@@ -406,7 +471,14 @@ class _Checker:
             self.problem(f"entry {e.seq}: body does not match its hash (edited)")
         if not _hash_signature_ok(self.public_key, e.hash, e.signature):
             self.problem(f"entry {e.seq}: signature does not verify (hash or signature forged)")
+        elif body is not None:
+            key_id = self.public_key.key_id
+            self.signed_by[key_id] = self.signed_by.get(key_id, 0) + 1
+            handover = _rotation(body)
+            if handover is not None and handover[0] == self.public_key.key_id:
+                self.public_key = PublicKey.from_id(handover[1])
         self.hashes[e.seq] = e.hash
+        self.bodies[e.seq] = e.body
         self.expected_seq = e.seq + 1
         self.prev_hash = e.hash
 
@@ -434,22 +506,63 @@ def verify_entries(
     return checker.result()
 
 
+@dataclass(frozen=True)
+class Receipt:
+    """What the coordinator's log records of one answer a node released: the node's
+    audit position and hash and the payload digest from its signed statement."""
+
+    organisation: str
+    seq: int
+    hash: str
+    payload_sha256: str
+    time: str
+
+
+def receipts(
+    coordinator_db: Path, coordinator_key: PublicKey, organisation: str
+) -> tuple[VerifyResult, list[Receipt]]:
+    """Verify the coordinator's log and collect its receipts for one node."""
+    result = verify(coordinator_db, coordinator_key)
+    out: list[Receipt] = []
+    if not coordinator_db.is_file():
+        return result, out
+    for e in read_entries(coordinator_db):
+        try:
+            f = e.fields()
+        except canonical.CanonicalError:
+            continue
+        got = f.get("receipts")
+        r = got.get(organisation) if isinstance(got, dict) else None
+        if not isinstance(r, dict):
+            continue
+        seq, digest, payload = r.get("seq"), r.get("hash"), r.get("payload_sha256")
+        if isinstance(seq, int) and isinstance(digest, str) and isinstance(payload, str):
+            out.append(Receipt(organisation, seq, digest, payload, str(f.get("time"))))
+    return result, out
+
+
 def verify(
     db_path: Path,
     public_key: PublicKey,
     head_path: Path | None = None,
     *,
     check_head: bool = True,
+    against: Sequence[Receipt] = (),
 ) -> VerifyResult:
     """Verify a log file read-only. `head_path` defaults to `<db>.head`.
 
     With `check_head`, a missing head counts as a problem once the log has more
     than one entry (a crash can only leave it missing after the very first commit).
     Without the head, entries removed from the end cannot be detected.
+
+    `against`: the coordinator's receipts for this node (`receipts()`). Each must
+    match an entry here, which catches a log (or the ledger database holding it)
+    restored from an older copy together with its head, which alone verifies.
     """
     if not db_path.is_file():
         return VerifyResult(False, 0, [f"{db_path}: no such file"])
-    checker = _Checker(public_key)
+    first = _first_key(db_path, public_key)
+    checker = _Checker(first)
     try:
         with _read_only(db_path) as conn:
             for row in conn.execute(
@@ -459,9 +572,41 @@ def verify(
     except (sqlite3.Error, TypeError, ValueError) as e:
         checker.problem(f"cannot read the audit table: {type(e).__name__}: {e}")
         return checker.result()
+    if first.key_id != public_key.key_id and not checker.signed_by.get(public_key.key_id):
+        # Anyone can name a public key in a handover; only its holder can sign after it.
+        checker.problem(f"the log is handed over to {public_key.key_id}, which signed no entry")
     if check_head:
         _check_head(checker, head_path if head_path is not None else default_head_path(db_path))
+    _check_receipts(checker, against)
     return checker.result()
+
+
+def _check_receipts(checker: _Checker, against: Sequence[Receipt]) -> None:
+    last_seq = checker.expected_seq - 1
+    ahead = [r for r in against if r.seq > last_seq]
+    if ahead:
+        top = max(ahead, key=lambda r: r.seq)
+        checker.problem(
+            f"log restored from an older copy or truncated: the coordinator holds "
+            f"{len(ahead)} receipt(s) past the end of this log (entry {top.seq}, recorded "
+            f"{top.time}), but the log ends at entry {last_seq}"
+            + (f" and its head was written {checker.head_time}" if checker.head_time else "")
+        )
+    for r in against:
+        if r.seq > last_seq:
+            continue
+        if checker.hashes.get(r.seq) != r.hash:
+            checker.problem(
+                f"entry {r.seq} does not have the hash the coordinator's receipt records "
+                "(log rewritten)"
+            )
+            continue
+        try:
+            body = canonical.decode(checker.bodies[r.seq])
+        except (canonical.CanonicalError, KeyError):
+            continue
+        if isinstance(body, dict) and body.get("payload_sha256") != r.payload_sha256:
+            checker.problem(f"entry {r.seq} records another payload than the node's signed answer")
 
 
 def read_entries(db_path: Path, *, last: int | None = None) -> list[AuditEntry]:
@@ -493,12 +638,19 @@ def _check_head(checker: _Checker, head_path: Path) -> None:
     try:
         head = json.loads(raw)
         seq, digest, sig = head["seq"], head["hash"], bytes.fromhex(head["signature"])
-        if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(digest, str):
+        time = head["time"]
+        if (
+            not isinstance(seq, int)
+            or isinstance(seq, bool)
+            or not isinstance(digest, str)
+            or not isinstance(time, str)
+        ):
             raise TypeError("bad field types")
     except (ValueError, KeyError, TypeError):
         checker.problem(f"head file {head_path} is malformed")
         return
-    if not checker.public_key.verify(keys.AUDIT_HEAD, head_message(seq, digest), sig):
+    checker.head_time = time
+    if not checker.public_key.verify(keys.AUDIT_HEAD, head_message(seq, digest, time), sig):
         checker.problem("head signature does not verify (head forged or edited)")
         return
     last_seq = checker.expected_seq - 1
@@ -551,24 +703,94 @@ def _is_hex64(text: str) -> bool:
     return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
+# The body field of a key handover entry: {"from": old key id, "to": new key id}.
+KEY_ROTATION = "key_rotation"
+
+
+def _rotation(body: Any) -> tuple[str, str] | None:
+    r = body.get(KEY_ROTATION) if isinstance(body, dict) else None
+    if not isinstance(r, dict):
+        return None
+    old, new = r.get("from"), r.get("to")
+    if not isinstance(old, str) or not isinstance(new, str):
+        return None
+    try:
+        PublicKey.from_id(old)
+        PublicKey.from_id(new)
+    except keys.KeyError_:
+        return None
+    return old, new
+
+
+def _hands_over_to(key: PublicKey, digest: str, signature: bytes, body: bytes) -> bool:
+    """Whether an entry is a handover to `key`, signed by the key it hands over from."""
+    try:
+        handover = _rotation(canonical.decode(bytes(body)))
+    except canonical.CanonicalError:
+        return False
+    if handover is None or handover[1] != key.key_id:
+        return False
+    return _hash_signature_ok(PublicKey.from_id(handover[0]), digest, signature)
+
+
+def _first_key(db_path: Path, key: PublicKey) -> PublicKey:
+    """The key that signed a log's first entry, found by following its handover entries
+    back from `key` (a key the log was later handed over to). The forward pass then
+    checks each handover's signature, so a made-up chain does not verify."""
+    back: dict[str, str] = {}
+    try:
+        with _read_only(db_path) as conn:
+            for (body,) in conn.execute("SELECT body FROM audit ORDER BY seq"):
+                try:
+                    handover = _rotation(canonical.decode(bytes(body)))
+                except canonical.CanonicalError:
+                    continue
+                if handover is not None:
+                    back.setdefault(handover[1], handover[0])
+    except sqlite3.Error:
+        return key
+    current, seen = key.key_id, {key.key_id}
+    while current in back and back[current] not in seen:
+        current = back[current]
+        seen.add(current)
+    return PublicKey.from_id(current)
+
+
 def _hash_signature_ok(public_key: PublicKey, digest: str, signature: bytes) -> bool:
     if not _is_hex64(digest):
         return False
     return public_key.verify(keys.AUDIT_ENTRY, bytes.fromhex(digest), bytes(signature))
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _overwrite(path: Path, data: bytes) -> None:
+    """One write() over the start of the file, no rename and no fsync: heads have a fixed
+    length, so the file holds exactly the new head once the call returns (a process crash
+    cannot tear one write; a power failure can, which `verify` reports as malformed).
+    Renaming over an existing file makes ext4 flush it, which costs milliseconds."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, data, 0)
+        if os.fstat(fd).st_size > len(data):
+            os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+            if durable:
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)  # heads are private, like the ledger
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if not durable:
+        return
     # Make the rename itself durable.
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:

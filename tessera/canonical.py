@@ -1,7 +1,14 @@
 """Canonical JSON: the one byte encoding that is hashed and signed.
 
-Keys sorted, no insignificant whitespace, UTF-8, no NaN or infinity. A value is
-canonical when encoding its decoded form gives back the same bytes.
+The encoding is RFC 8785, the JSON Canonicalization Scheme (JCS), via the `rfc8785`
+library: object keys sorted by their UTF-16 code units, no insignificant whitespace,
+strings escaped minimally (only `"`, `\\` and control characters below U+0020, the
+latter as \\b \\t \\n \\f \\r or \\u00XX), UTF-8, numbers written as ECMAScript's
+shortest round-trip form (so 1.0 is `1`, 1e21 is `1e+21`). Integers must lie within
+±(2^53 - 1); NaN, infinities and lone surrogates cannot be encoded. See docs/wire.md.
+
+A value is canonical when encoding its decoded form gives back the same bytes; a
+reader must therefore accept an integer where a number is expected (1.0 arrives as 1).
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ import hashlib
 import json
 from typing import Any
 
+import rfc8785
+
 
 class CanonicalError(ValueError):
     pass
@@ -17,12 +26,25 @@ class CanonicalError(ValueError):
 
 def encode(value: Any) -> bytes:
     try:
-        text = json.dumps(
-            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
-    except (TypeError, ValueError) as e:
-        raise CanonicalError(f"not encodable as canonical JSON: {e}") from None
-    return text.encode("utf-8")
+        return rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError, RecursionError) as e:
+        # The message names the kind of value only (never the value itself).
+        raise CanonicalError(f"not encodable as canonical JSON: {_kind(e)}") from None
+
+
+def _kind(e: BaseException) -> str:
+    if isinstance(e, rfc8785.IntegerDomainError):
+        return "an integer outside +/-(2^53 - 1)"
+    if isinstance(e, rfc8785.FloatDomainError):
+        return "NaN or an infinite number"
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    text = str(e)
+    if "UTF-8" in text:
+        return "a string that is not valid Unicode (a lone surrogate)"
+    if "keys must be strings" in text:
+        return "an object key that is not a string"
+    return "a value of an unsupported type"
 
 
 def decode(data: bytes, *, max_bytes: int = 1 << 20) -> Any:

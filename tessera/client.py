@@ -17,6 +17,7 @@ was shown.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -25,7 +26,7 @@ from typing import Any
 
 import grpc
 
-from tessera import approvals, requests, templates
+from tessera import approvals, requests, templates, verify
 from tessera.client_types import (
     Cell,
     ClientError,
@@ -76,12 +77,42 @@ class Client:
         signing_key: SigningKey | None = None,
         *,
         timeout: float = 120.0,
+        trust: Mapping[str, str] | None = None,
     ) -> None:
         self.address = address
         self.signing_key = signing_key
         self.timeout = timeout
+        # Node keys the analyst trusts (organisation -> key id, tessera.verify.load_trust).
+        # With them, every result is checked against the nodes' signed answers and one
+        # that does not verify raises VerificationFailed.
+        self.trust = dict(trust) if trust is not None else None
         self._channel = grpc.secure_channel(address, tls.load().channel_credentials())
         self._stub = coordinator_pb2_grpc.CoordinatorServiceStub(self._channel)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, timeout: float = 120.0
+    ) -> Client:
+        """A client from the variables the CLI reads: TESSERA_COORDINATOR (host:port),
+        TESSERA_TLS_DIR and TESSERA_IDENTITY (DIR/<identity>.crt|.key, DIR/ca.crt), and
+        optionally TESSERA_KEY (your signing key file; without it the client cannot sign)
+        and TESSERA_TRUST (node keys to verify every result with, see tessera.verify)."""
+        import os
+
+        env = os.environ if environ is None else environ
+        missing = [
+            n
+            for n in ("TESSERA_COORDINATOR", "TESSERA_TLS_DIR", "TESSERA_IDENTITY")
+            if not env.get(n)
+        ]
+        if missing:
+            raise ValueError(f"Client.from_env(): set {', '.join(missing)}")
+        tls = TlsFiles.for_name(Path(env["TESSERA_TLS_DIR"]).expanduser(), env["TESSERA_IDENTITY"])
+        key_file = env.get("TESSERA_KEY")
+        key = SigningKey.load(Path(key_file).expanduser()) if key_file else None
+        trust_file = env.get("TESSERA_TRUST")
+        trust = verify.load_trust(Path(trust_file).expanduser()) if trust_file else None
+        return cls(env["TESSERA_COORDINATOR"], tls, key, timeout=timeout, trust=trust)
 
     def close(self) -> None:
         self._channel.close()
@@ -179,7 +210,8 @@ class Client:
             now=datetime.now(UTC),
             lifetime=lifetime,
         )
-        return self.submit_request(requests.sign(request, key), on_progress)
+        result = self.submit_request(requests.sign(request, key), on_progress)
+        return dataclasses.replace(result, params=dict(request.params), template_title=info.title)
 
     def submit_request(
         self, signed: requests.SignedRequest, on_progress: ProgressCallback | None = None
@@ -192,13 +224,43 @@ class Client:
         try:
             for event in self._stub.RunQuery(message, timeout=self.timeout):
                 if event.HasField("result"):
-                    return query_result(event.result)
+                    result = query_result(event.result)
+                    if self.trust is not None:
+                        result = self._checked(result, signed, self.trust)
+                    return result
                 done += 1
                 if on_progress is not None:
                     on_progress(Progress(node_report(event.node), done, event.nodes_total))
         except grpc.RpcError as e:
             raise error_from_rpc(e) from None
         raise ClientError("UNAVAILABLE", "the coordinator ended the query without a result")
+
+    def verify_query(
+        self, query_id: str, trust: Mapping[str, str] | None = None
+    ) -> verify.Verification:
+        """Fetch a stored query and check it against the nodes' signed answers."""
+        trust = trust if trust is not None else self.trust
+        if trust is None:
+            raise ValueError("verify_query() needs the node keys you trust")
+        q = self.get_query(query_id)
+        if q.result is None:
+            raise ClientError("FAILED_PRECONDITION", "the query has no result yet")
+        signed = requests.SignedRequest(q.request_body, q.request_signature)
+        info = self.get_template(q.result.template_digest)
+        return verify.verify_result(
+            q.result, request=signed, template_canonical=info.canonical, trust=trust
+        )
+
+    def _checked(
+        self, result: QueryResult, signed: requests.SignedRequest, trust: Mapping[str, str]
+    ) -> QueryResult:
+        info = self.get_template(result.template_digest)
+        v = verify.verify_result(
+            result, request=signed, template_canonical=info.canonical, trust=trust
+        )
+        if not v.ok:
+            raise verify.VerificationFailed(v)
+        return dataclasses.replace(result, verification=v)
 
     def get_query(self, query_id: str) -> QueryInfo:
         return query_info(self._call("GetQuery", pb.GetQueryRequest(query_id=query_id)))

@@ -7,10 +7,9 @@ the JSON shape `tessera demo --json` writes for one query.
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +60,9 @@ class Cell:
     estimate: float
     ci95: tuple[float, float]
     suppressed: bool
+    # The interval's guaranteed coverage (0.95, or more when the noise's discreteness
+    # forces a wider interval); for a suppressed cell, the interval's too.
+    coverage: float = 0.95
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,17 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class SignedPart:
+    """A node's signed answer statement as the coordinator forwarded it (tessera.answers);
+    `payload` (the node's own figures) only for templates permitting a per-node breakdown."""
+
+    organisation: str
+    statement: bytes
+    signature: bytes
+    payload: bytes
+
+
+@dataclass(frozen=True)
 class QueryResult:
     query_id: str
     template: str
@@ -95,6 +108,16 @@ class QueryResult:
     privacy_spent: dict[str, float]
     cells: list[Cell]
     per_node: dict[str, list[Cell]] | None = None
+    # Filled in by Client.run_query, which knows them: the question as asked.
+    params: dict[str, Any] = field(default_factory=dict)
+    template_title: str = ""
+    # The nodes' signed statements, and the client's check of them (tessera.verify)
+    # when it was given node keys to trust.
+    parts: list[SignedPart] = field(default_factory=list)
+    verification: Any = None
+    # (body, signature) of the earlier request for the same question whose result this
+    # is again, when the coordinator re-released it: the parts answer that request.
+    answered_request: tuple[bytes, bytes] | None = None
 
     @property
     def nodes_answered(self) -> list[str]:
@@ -117,6 +140,7 @@ class QueryResult:
                     estimate=c.estimate,
                     ci95_low=c.ci95[0],
                     ci95_high=c.ci95[1],
+                    coverage=c.coverage,
                     suppressed=c.suppressed,
                 )
                 rows.append(row)
@@ -128,7 +152,7 @@ class QueryResult:
         columns = (
             (["scope"] if self.per_node is not None else [])
             + self.dimensions
-            + ["estimate", "ci95_low", "ci95_high", "suppressed"]
+            + ["estimate", "ci95_low", "ci95_high", "coverage", "suppressed"]
         )
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=columns, lineterminator="\n")
@@ -140,14 +164,17 @@ class QueryResult:
         return text
 
     def to_pandas(self) -> Any:
-        try:
-            pandas = importlib.import_module("pandas")
-        except ImportError:
-            raise ImportError(
-                "to_pandas() needs pandas, which is not installed: pip install pandas "
-                "(or use to_rows() / to_csv())"
-            ) from None
-        return pandas.DataFrame(self.to_rows())
+        """A DataFrame, one row per cell (estimate NaN when suppressed, interval, coverage,
+        suppressed), with the provenance in `.attrs`. Needs `tessera[notebook]`."""
+        from tessera import notebook
+
+        return notebook.to_pandas(self)
+
+    def plot(self, question: str | None = None, ax: Any = None) -> Any:
+        """A matplotlib Figure: estimates with interval bars, suppressed cells marked."""
+        from tessera import notebook
+
+        return notebook.plot(self, question=question, ax=ax)
 
     def to_json_dict(self) -> dict[str, Any]:
         """The shape `tessera demo --json` writes for one query."""
@@ -158,6 +185,7 @@ class QueryResult:
                     "key": dict(c.key),
                     "estimate": c.estimate,
                     "ci95": list(c.ci95),
+                    "coverage": c.coverage,
                     "suppressed": c.suppressed,
                 }
                 for c in cs
@@ -186,6 +214,9 @@ class QueryInfo:
     submitted_at: str
     state: str
     result: QueryResult | None
+    # The analyst's signed request the query ran (to verify the result later).
+    request_body: bytes = b""
+    request_signature: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -205,6 +236,12 @@ class DatasetBudget:
     kind: str
     total: float
     spent: float
+    # The node's accountant (datasets of one population share one), the version's
+    # opaque identifier, and the accountant's lifetime spend as (epsilon, delta).
+    accountant: str = ""
+    version_id: str = ""
+    epsilon_at_delta: float = 0.0
+    delta: float = 0.0
 
     @property
     def remaining(self) -> float:
@@ -260,6 +297,7 @@ def _cells(dims: list[str], cells: Sequence[common_pb2.ReleasedCell]) -> list[Ce
             c.estimate,
             (c.ci95_low, c.ci95_high),
             c.suppressed,
+            c.coverage or 0.95,
         )
         for c in cells
     ]
@@ -284,12 +322,24 @@ def query_result(r: pb.QueryResult) -> QueryResult:
         per_node={n.organisation: _cells(dims, n.cells) for n in r.per_node}
         if mode == "per_node" and r.released
         else None,
+        parts=[SignedPart(p.organisation, p.statement, p.signature, p.payload) for p in r.parts],
+        answered_request=(r.answered_request.canonical, r.answered_request.signature)
+        if r.HasField("answered_request")
+        else None,
     )
 
 
 def query_info(q: pb.QueryRecord) -> QueryInfo:
     result = query_result(q.result) if q.HasField("result") else None
-    return QueryInfo(q.query_id, q.analyst, q.submitted_at, q.state, result)
+    return QueryInfo(
+        q.query_id,
+        q.analyst,
+        q.submitted_at,
+        q.state,
+        result,
+        q.request.canonical,
+        q.request.signature,
+    )
 
 
 def node_info(n: coordinator_pb2.NodeEntry) -> NodeInfo:
@@ -301,5 +351,17 @@ def node_budget(n: coordinator_pb2.NodeBudget) -> NodeBudget:
     for d in n.datasets:
         kind = d.budget_total.WhichOneof("loss") or "epsilon"
         total, spent = getattr(d.budget_total, kind), getattr(d.budget_spent, kind)
-        datasets.append(DatasetBudget(d.name, d.version, kind, total, spent))
+        datasets.append(
+            DatasetBudget(
+                d.name,
+                d.version,
+                kind,
+                total,
+                spent,
+                d.accountant,
+                d.version_id,
+                d.epsilon_at_delta,
+                d.delta,
+            )
+        )
     return NodeBudget(n.organisation, n.status, datasets)

@@ -32,8 +32,18 @@ class TlsConfig:
 
 @dataclass(frozen=True)
 class TrustedApprover:
+    """One approver key. Entries with the same name and organisation are one person
+    (say, an old key and its replacement): they count once towards the threshold."""
+
     name: str
     key: str
+    organisation: str = ""
+
+    @property
+    def identity(self) -> str:
+        """The person, as approvals are counted: name and organisation, case-folded."""
+        name = " ".join(self.name.split()).casefold()
+        return f"{name}\x00{' '.join(self.organisation.split()).casefold()}"
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,10 @@ class ApproversConfig:
     threshold: int
     trusted: tuple[TrustedApprover, ...]
 
+    def identities(self) -> dict[str, str]:
+        """Each trusted key's person (see TrustedApprover.identity)."""
+        return {a.key: a.identity for a in self.trusted}
+
     def problems(self) -> list[str]:
         """What is wrong with this section, checked the same way by node and coordinator."""
         from tessera import keys
@@ -50,8 +64,11 @@ class ApproversConfig:
         out = []
         if self.threshold < 1:
             out.append("approvers.threshold must be at least 1")
-        if self.threshold > len(self.trusted):
-            out.append("approvers.threshold is larger than the number of trusted approvers")
+        if self.threshold > len({a.identity for a in self.trusted}):
+            out.append(
+                "approvers.threshold is larger than the number of trusted approvers "
+                "(counted as people: entries with one name and organisation are one person)"
+            )
         for a in self.trusted:
             try:
                 keys.PublicKey.from_id(a.key)

@@ -7,6 +7,8 @@ be written in a template or config and checked without any registry.
 from __future__ import annotations
 
 import os
+import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,9 @@ TEMPLATE_APPROVAL = b"tessera/v1/template-approval\x00"
 QUERY_REQUEST = b"tessera/v1/query-request\x00"
 AUDIT_ENTRY = b"tessera/v1/audit-entry\x00"
 AUDIT_HEAD = b"tessera/v1/audit-head\x00"
+# A node's statement of what it released for a request (tessera.answers).
+ANSWER = b"tessera/v1/answer\x00"
+# The coordinator's receipt log entries reuse AUDIT_ENTRY / AUDIT_HEAD (tessera.audit).
 
 
 class KeyError_(ValueError):
@@ -95,12 +100,40 @@ class SigningKey:
 
     @classmethod
     def load(cls, path: Path) -> SigningKey:
+        """Read a private key file, refusing one that group or others can read."""
+        try:
+            mode = path.stat().st_mode
+        except OSError as e:
+            raise KeyError_(f"cannot read key file {path}: {e.strerror}") from None
+        if mode & 0o077:
+            raise KeyError_(
+                f"private key {path} is readable by group or others (mode "
+                f"{stat.S_IMODE(mode):04o}); fix it with: chmod 600 {path}"
+            )
         return cls.from_pem(path.read_bytes())
 
     def save(self, path: Path) -> None:
-        """Write the private key readable by its owner only, and the key id beside it."""
+        """Write the private key readable by its owner only, and the key id beside it.
+
+        Atomic and always 0600: the key goes to a fresh temporary file created 0600 in
+        the same folder, then replaces `path`, so an existing file's looser mode (or a
+        crash half-way) can never leave a new key exposed or truncated."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        _write_atomic(path, self.private_pem(), 0o600)
+        _write_atomic(
+            path.with_suffix(path.suffix + ".pub"), (self.public.key_id + "\n").encode(), 0o644
+        )
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
-            f.write(self.private_pem())
-        path.with_suffix(path.suffix + ".pub").write_text(self.public.key_id + "\n")
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -70,6 +70,9 @@ class Dataset:
     unit: str
     # Purposes for which opted-out persons are still included (health only).
     opt_out_column: str | None = None
+    # Whose records these are: datasets of one population at a node share one privacy
+    # accountant, because their privacy units identify the same people.
+    population: str = ""
 
     def table(self, name: str) -> Table | None:
         for t in self.tables:
@@ -363,6 +366,7 @@ def _dataset(
     unit: str,
     optional: frozenset[str] = frozenset(),
     opt_out_column: str | None = None,
+    population: str = "children",
 ) -> Dataset:
     return Dataset(
         name=name,
@@ -372,6 +376,7 @@ def _dataset(
         sources=MappingProxyType({s.name: s for s in sources}),
         unit=unit,
         opt_out_column=opt_out_column,
+        population=population,
     )
 
 
@@ -383,8 +388,10 @@ DATASETS: Mapping[str, Dataset] = MappingProxyType(
             (
                 _source(
                     "episodes",
+                    # LEFT JOIN: a child with episodes but no header row stays in
+                    # every statistic; its header fields (DOB, SEX, ETHNIC) are NULL.
                     "SELECT e.*, h.SEX, h.DOB, h.ETHNIC FROM episodes e "
-                    "JOIN header h USING (CHILD)",
+                    "LEFT JOIN header h USING (CHILD)",
                     (_SSDA903_EPISODES, _SSDA903_HEADER),
                     "CHILD",
                 ),
@@ -398,19 +405,22 @@ DATASETS: Mapping[str, Dataset] = MappingProxyType(
             (
                 _source(
                     "referrals",
-                    "SELECT r.*, c.dob, c.sex FROM referrals r JOIN children c USING (child_id)",
+                    "SELECT r.*, c.dob, c.sex FROM referrals r "
+                    "LEFT JOIN children c USING (child_id)",
                     (_CIN_REFERRALS, _CIN_CHILDREN),
                     "child_id",
                 ),
                 _source(
                     "cin_episodes",
-                    "SELECT e.*, c.dob, c.sex FROM cin_episodes e JOIN children c USING (child_id)",
+                    "SELECT e.*, c.dob, c.sex FROM cin_episodes e "
+                    "LEFT JOIN children c USING (child_id)",
                     (_CIN_EPISODES, _CIN_CHILDREN),
                     "child_id",
                 ),
                 _source(
                     "cp_plans",
-                    "SELECT p.*, c.dob, c.sex FROM cp_plans p JOIN children c USING (child_id)",
+                    "SELECT p.*, c.dob, c.sex FROM cp_plans p "
+                    "LEFT JOIN children c USING (child_id)",
                     (_CIN_CP, _CIN_CHILDREN),
                     "child_id",
                 ),
@@ -449,12 +459,14 @@ DATASETS: Mapping[str, Dataset] = MappingProxyType(
             ),
             "nhs_number",
             opt_out_column="opted_out",
+            population="patients",
         ),
         "police": _dataset(
             "police",
             (_POLICE_INCIDENTS,),
             (_source("incidents", "SELECT * FROM incidents", (_POLICE_INCIDENTS,), "person_id"),),
             "person_id",
+            population="police_subjects",
         ),
     }
 )

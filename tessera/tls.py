@@ -36,6 +36,10 @@ _SKEW = timedelta(minutes=5)
 # A name becomes a file stem and a CN: keep it to characters that are safe in both.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 CA_STEM = "ca"
+# Each node's certificate names that node, and only that node, as a DNS SAN
+# `<slug>.node.tessera`; whoever connects to a node sets this as the TLS target name
+# (`pinned_options`), so the handshake itself refuses any other node's certificate.
+NODE_NAME_SUFFIX = ".node.tessera"
 
 
 class TlsError(ValueError):
@@ -98,7 +102,9 @@ class TlsFiles:
 
     def load(self) -> TlsMaterial:
         """Read the three files once and check they parse and the key matches the cert,
-        so a misconfiguration fails here with a clear message rather than in a handshake."""
+        so a misconfiguration fails here with a clear message rather than in a handshake.
+        A private key that group or others can read is refused."""
+        check_private_mode(self.key)
         cert = self.cert.read_bytes()
         key = self.key.read_bytes()
         ca = self.ca.read_bytes()
@@ -123,6 +129,32 @@ class FederationCerts:
             out[_cn(self.coordinator)] = self.coordinator
         out.update(self.users)
         return out
+
+
+def check_private_mode(path: Path) -> None:
+    """Refuse a private key file readable by group or others, saying how to fix it."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as e:
+        raise TlsError(f"cannot read key file {path}: {e.strerror}") from None
+    if mode & 0o077:
+        raise TlsError(
+            f"private key {path} is readable by group or others (mode {mode & 0o777:04o}); "
+            f"fix it with: chmod 600 {path}"
+        )
+
+
+def node_server_name(identity: str) -> str:
+    """The DNS name a node's certificate carries for the node `identity` (its CN)."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", identity.lower()).strip("-")[:63].strip("-")
+    if not slug:
+        raise TlsError(f"cannot make a host name for the node {identity!r}")
+    return slug + NODE_NAME_SUFFIX
+
+
+def pinned_options(identity: str) -> list[tuple[str, str]]:
+    """Channel options that make the handshake accept only `identity`'s node certificate."""
+    return [("grpc.ssl_target_name_override", node_server_name(identity))]
 
 
 def _cn(files: TlsFiles) -> str:
@@ -318,12 +350,17 @@ def make_federation(
     organizations: Mapping[str, str] | None = None,
     server_names: Sequence[str] = LOCAL_SERVER_NAMES,
     days: int = CERT_DAYS,
+    node_server_names: Sequence[str] | None = None,
 ) -> FederationCerts:
     """A CA (new unless given) and certificates for a local federation, all in out_dir:
     nodes and the coordinator get one certificate for both server and client use
     (SANs `server_names`), users get client-only certificates. The CN of each is
     its name, so names must be unique across roles. `organizations` maps a name to
     the O attribute of its certificate.
+
+    Each node's certificate names that node: SAN `node_server_name(name)`, then
+    `node_server_names` (default: `server_names`, which local tests use to reach a
+    node at localhost). `tessera certs` passes none, so no two nodes share a name.
     """
     names = [*nodes, *([coordinator] if coordinator is not None else []), *users]
     for name in names:
@@ -335,22 +372,27 @@ def make_federation(
     unknown = sorted(set(orgs) - set(names))
     if unknown:
         raise TlsError(f"organisation given for unknown names: {unknown}")
+    slugs = [node_server_name(n) for n in nodes]
+    if len(set(slugs)) != len(slugs):
+        raise TlsError("node names must differ in more than case and punctuation")
     if ca is None:
         ca = make_ca("Tessera federation CA", out_dir)
+    extra = tuple(server_names if node_server_names is None else node_server_names)
 
-    def issue(name: str, *, server: bool) -> TlsFiles:
+    def issue(name: str, *, server: bool, node: bool = False) -> TlsFiles:
+        names = (node_server_name(name), *extra) if node else tuple(server_names)
         return make_certificate(
             ca,
             name,
             out_dir,
-            server_names=server_names if server else (),
+            server_names=names if server else (),
             client=True,
             server=server,
             organization=orgs.get(name),
             days=days,
         )
 
-    node_files = {n: issue(n, server=True) for n in nodes}
+    node_files = {n: issue(n, server=True, node=True) for n in nodes}
     coord_files = issue(coordinator, server=True) if coordinator is not None else None
     user_files = {u: issue(u, server=False) for u in users}
     return FederationCerts(ca, node_files, coord_files, user_files)

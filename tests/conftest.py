@@ -1,11 +1,29 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support import federation as fedlib
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _data_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Versions and ledger fields are always encrypted: code that is given no key
+    (tools, most tests) takes it from TESSERA_DATA_KEY_FILE, here a fresh key file."""
+    from tessera.node import vault
+
+    path = tmp_path_factory.mktemp("data-key") / "data.key"
+    vault.write_key_file(path, vault.DataKey.generate())
+    old = os.environ.get(vault.ENV_KEY_FILE)
+    os.environ[vault.ENV_KEY_FILE] = str(path)
+    yield
+    if old is None:
+        os.environ.pop(vault.ENV_KEY_FILE, None)
+    else:
+        os.environ[vault.ENV_KEY_FILE] = old
 
 
 @pytest.fixture

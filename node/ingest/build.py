@@ -1,39 +1,35 @@
-"""Building a dataset version's DuckDB file from validated rows.
+"""Building a dataset version in an in-memory DuckDB connection.
 
-Good rows are staged as canonical CSV (csv.writer, in C) in parts inside the
-ingest's private work directory; each finished part is loaded by DuckDB, with
-fixed types, on a background thread while Python validates the next rows.
-Measured faster than handing DuckDB Python objects, and needs neither pandas
-nor pyarrow. DuckDB's error messages may quote a row, so a failure becomes a
-fixed IngestError naming only the table, and the original is never re-raised.
+Validated rows (canonical text, ``""`` for NULL) are staged batch by batch into
+``stage_<table>`` tables of the in-memory database: each batch is handed to
+DuckDB as numpy object arrays (a replacement scan, no copy through CSV) and cast
+to the schema's types there. Nothing record-level is written to disk while a
+version is built: reconciliation (reconcile.py) turns the staging tables into
+the final ones, and :func:`manifest.publish` receives the finished connection.
+
+Staging tables carry three ingest-only columns: ``_year`` (the return's
+collection year, from a ``YEAR`` column; NULL when the file has none), ``_file``
+(the file's position in the order given) and ``_seq`` (the row's position over
+the whole ingest). DuckDB's error messages may quote a row, so a failure becomes
+a fixed IngestError naming only the table, and the original is never re-raised.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from itertools import compress, repeat
-from pathlib import Path
-from typing import TYPE_CHECKING, Final, TextIO
+from typing import Final
 
 import duckdb
+import numpy as np
 
 from tessera.schemas import ColumnType, Dataset, Table
 
 from .report import IngestError
 from .validate import Cell
 
-if TYPE_CHECKING:
-    from _csv import Writer as _CsvWriter
-
 log = logging.getLogger(__name__)
-
-# Rows per staged part: big enough that DuckDB's per-load overhead is negligible,
-# small enough that loading overlaps most of the validation.
-PART_ROWS: Final = 200_000
 
 DUCKDB_TYPES: Final = {
     ColumnType.TEXT: "VARCHAR",
@@ -42,64 +38,61 @@ DUCKDB_TYPES: Final = {
     ColumnType.INT: "BIGINT",
     ColumnType.BOOL: "BOOLEAN",
 }
+STAGE_PREFIX: Final = "stage_"
+_BATCH_VIEW: Final = "tessera_batch"
 
 
-def _quote(name: str) -> str:
+def quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _create_sql(table: Table) -> str:
-    cols = ", ".join(
-        f"{_quote(c.name)} {DUCKDB_TYPES[c.type]}{' NOT NULL' if c.required else ''}"
+def create_sql(table: Table, name: str | None = None, *, staging: bool = False) -> str:
+    cols = [
+        f"{quote(c.name)} {DUCKDB_TYPES[c.type]}{' NOT NULL' if c.required else ''}"
         for c in table.columns
-    )
-    return f"CREATE TABLE {_quote(table.name)} ({cols})"
+    ]
+    if staging:
+        cols += ["_year BIGINT", "_file BIGINT NOT NULL", "_seq BIGINT NOT NULL"]
+    return f"CREATE TABLE {quote(name or table.name)} ({', '.join(cols)})"
 
 
-def _insert_sql(table: Table) -> str:
-    # Schema column names are code constants, safe inside a SQL string literal.
-    types = ", ".join(f"'{c.name}': '{DUCKDB_TYPES[c.type]}'" for c in table.columns)
-    return (
-        f"INSERT INTO {_quote(table.name)} SELECT * FROM read_csv(?, columns = {{{types}}}, "
-        "header = false, auto_detect = false, delim = ',', quote = '\"', escape = '\"', "
-        "nullstr = '', dateformat = '%Y-%m-%d', max_line_size = 16777216)"
-    )
-
-
-@dataclass
-class _Part:
-    path: Path
-    file: TextIO
-    writer: _CsvWriter
-    rows: int = 0
+def _cast(column_name: str, type_: ColumnType) -> str:
+    ref = f"NULLIF({quote(column_name)}, '')"
+    if type_ in (ColumnType.TEXT, ColumnType.CODE):
+        return ref
+    return f"CAST({ref} AS {DUCKDB_TYPES[type_]})"
 
 
 class DatabaseBuilder:
-    """Builds one new DuckDB file. ``close()`` must always be called."""
+    """Stages validated rows in an in-memory DuckDB connection.
 
-    def __init__(self, path: Path, dataset: Dataset, work_dir: Path) -> None:
+    ``connection`` is the database being built; ``close()`` releases it unless
+    ``detach()`` handed it on (to publication).
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
         self._dataset = dataset
-        self._work_dir = work_dir
-        self._parts: dict[str, _Part] = {}
-        self._part_count = 0
-        self._con: duckdb.DuckDBPyConnection | None = None
-        # One worker: DuckDB parallelises each load itself; the point is overlap.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-load")
-        self._pending: list[tuple[str, Future[None]]] = []
-        self._submit("(setup)", lambda: self._create(path))
+        self._con: duckdb.DuckDBPyConnection | None = duckdb.connect(":memory:")
+        self._staged: dict[str, int] = {}
+        self._seq = 0
+        self._insert: dict[str, str] = {}
+        for table in dataset.tables:
+            self._con.execute(create_sql(table, STAGE_PREFIX + table.name, staging=True))
+            casts = [_cast(c.name, c.type) for c in table.columns]
+            casts += ["CAST(NULLIF(_year, '') AS BIGINT)", "CAST(_file AS BIGINT)", "_seq"]
+            self._insert[table.name] = (
+                f"INSERT INTO {quote(STAGE_PREFIX + table.name)} "
+                f"SELECT {', '.join(casts)} FROM {_BATCH_VIEW}"
+            )
+            self._staged[table.name] = 0
 
-    def _create(self, path: Path) -> None:
-        self._con = duckdb.connect(str(path))
-        for table in self._dataset.tables:
-            self._con.execute(_create_sql(table))
+    @property
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        assert self._con is not None
+        return self._con
 
-    def _submit(self, table: str, task: Callable[[], None]) -> None:
-        self._pending.append((table, self._pool.submit(task)))
-
-    def _load(self, table: Table, part: Path) -> None:
-        assert self._con is not None  # created by the first task
-        self._con.execute(_insert_sql(table), [str(part)])
-        part.unlink()  # record-level data: keep no copy longer than needed
+    def staged(self, table: str) -> int:
+        return self._staged.get(table, 0)
 
     def append(
         self,
@@ -107,63 +100,62 @@ class DatabaseBuilder:
         columns: Mapping[str, Sequence[Cell]],
         keep: Sequence[bool] | None,
         count: int,
+        *,
+        year: Sequence[Cell] | None,
+        file_index: int,
     ) -> None:
         """Stage ``count`` rows of a batch: those selected by ``keep`` (None for all)."""
-        part = self._parts.get(table.name)
-        if part is None:
-            self._part_count += 1
-            path = self._work_dir / f"part-{self._part_count}.csv"
-            f = path.open("w", encoding="utf-8", newline="")
-            part = self._parts[table.name] = _Part(path, f, csv.writer(f, lineterminator="\n"))
-        # Absent columns are an endless "" (NULL); the batch's own lists set the length.
-        cells = [columns.get(c.name, repeat("")) for c in table.columns]
-        rows: Iterable[Sequence[Cell]] = zip(*cells, strict=False)
-        if keep is not None:
-            rows = compress(rows, keep)
-        part.writer.writerows(rows)
-        part.rows += count
-        if part.rows >= PART_ROWS:
-            self._flush(table)
-
-    def _flush(self, table: Table) -> None:
-        part = self._parts.pop(table.name, None)
-        if part is not None:
-            part.file.close()
-            self._submit(table.name, lambda: self._load(table, part.path))
-
-    def finish(self, expected: Mapping[str, int]) -> None:
-        """Load what is staged, check each table holds exactly the rows validation
-        accepted, and checkpoint."""
-        for table in self._dataset.tables:
-            self._flush(table)
-        for table_name, future in self._pending:
-            error = future.exception()  # waits; the error is inspected, never raised
-            if error is not None:
-                log.error("loading table %s failed (%s)", table_name, type(error).__name__)
-                raise IngestError(f"internal error while loading table {table_name}")
-        con = self._con
-        assert con is not None
-        failed = "(checkpoint)"
+        if count == 0:
+            return
+        con = self.connection
+        arrays: dict[str, np.ndarray] = {}
+        for c in table.columns:
+            cells: Sequence[Cell] | None = columns.get(c.name)
+            values = list(repeat("", count)) if cells is None else _kept(cells, keep)
+            arrays[c.name] = np.array(values, dtype=object)
+        years = list(repeat("", count)) if year is None else _kept(year, keep)
+        arrays["_year"] = np.array(years, dtype=object)
+        arrays["_file"] = np.full(count, file_index, dtype=np.int64)
+        arrays["_seq"] = np.arange(self._seq, self._seq + count, dtype=np.int64)
+        if any(len(a) != count for a in arrays.values()):
+            raise IngestError(f"internal error while loading table {table.name}")
+        self._seq += count
+        failed = False
         try:
-            for table in self._dataset.tables:
-                failed = table.name
-                query = f"SELECT count(*) FROM {_quote(table.name)}"
-                if con.execute(query).fetchall() != [(expected.get(table.name, 0),)]:
-                    break  # staging and validation disagree: never publish that
-            else:
-                failed = "(checkpoint)"
-                con.execute("CHECKPOINT")
-                failed = ""
-        except duckdb.Error:
-            pass
-        if failed:
-            raise IngestError(f"internal error while loading table {failed}")
+            con.register(_BATCH_VIEW, arrays)
+            try:
+                con.execute(self._insert[table.name])
+            finally:
+                con.unregister(_BATCH_VIEW)
+        except duckdb.Error as e:
+            log.error("staging table %s failed (%s)", table.name, type(e).__name__)
+            failed = True
+        if failed:  # raised outside the except block: DuckDB's message may quote a row
+            raise IngestError(f"internal error while loading table {table.name}")
+        self._staged[table.name] += count
+
+    def check_staged(self) -> None:
+        """Each staging table holds exactly the rows validation accepted."""
+        con = self.connection
+        for table in self._dataset.tables:
+            sql = f"SELECT count(*) FROM {quote(STAGE_PREFIX + table.name)}"
+            if con.execute(sql).fetchall() != [(self._staged[table.name],)]:
+                raise IngestError(f"internal error while loading table {table.name}")
+
+    def drop_staging(self) -> None:
+        for table in self._dataset.tables:
+            self.connection.execute(f"DROP TABLE IF EXISTS {quote(STAGE_PREFIX + table.name)}")
+
+    def detach(self) -> duckdb.DuckDBPyConnection:
+        con, self._con = self._con, None
+        assert con is not None
+        return con
 
     def close(self) -> None:
-        for part in self._parts.values():
-            part.file.close()
-        self._parts.clear()
-        self._pool.shutdown(wait=True, cancel_futures=True)
         con, self._con = self._con, None
         if con is not None:
             con.close()
+
+
+def _kept(cells: Sequence[Cell], keep: Sequence[bool] | None) -> list[Cell]:
+    return list(cells) if keep is None else list(compress(cells, keep))

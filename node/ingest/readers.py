@@ -31,12 +31,25 @@ class FileProblem(Exception):
 
 
 @dataclass(frozen=True)
+class MemoryTable:
+    """Rows already extracted from a source (a CIN census file), as raw text."""
+
+    header: list[str]
+    rows: list[list[str]]
+    lines: list[int]  # where each row came from: CSV line or XML <Child> number
+
+
+@dataclass(frozen=True)
 class SourceFile:
     table: str
     path: Path
-    kind: Literal["csv", "parquet"]
+    kind: Literal["csv", "parquet", "xml", "memory"]
     sha256: str
     encoding: str  # CSV text encoding; "" for Parquet
+    bom: bool = False  # the CSV started with a UTF-8 byte order mark
+    crlf: bool = False  # the CSV has Windows (CR LF) line endings
+    memory: MemoryTable | None = None
+    where: str = "line"  # what ``Rejection.line`` counts in this source
 
     @property
     def label(self) -> str:
@@ -52,19 +65,25 @@ class Batch:
 def inspect_file(table: str, path: Path) -> SourceFile:
     """Hash the file and, for CSV, settle its text encoding in the same pass."""
     suffix = path.suffix.lower()
-    kind: Literal["csv", "parquet"]
+    kind: Literal["csv", "parquet", "xml"]
     if suffix == ".csv":
         kind = "csv"
     elif suffix in (".parquet", ".pq"):
         kind = "parquet"
+    elif suffix == ".xml" and table == "census":
+        kind = "xml"
     else:
         raise FileProblem("not a .csv or .parquet file")
     digest = hashlib.sha256()
     utf8 = codecs.getincrementaldecoder("utf-8")()
     is_utf8 = kind == "csv"
+    first = True
+    bom = crlf = False
     try:
         with path.open("rb") as f:
             while chunk := f.read(_CHUNK):
+                if first:
+                    bom, crlf, first = chunk.startswith(codecs.BOM_UTF8), b"\r\n" in chunk, False
                 digest.update(chunk)
                 if is_utf8:
                     is_utf8 = _decodes(utf8, chunk, final=False)
@@ -80,7 +99,9 @@ def inspect_file(table: str, path: Path) -> SourceFile:
         encoding = "utf-8-sig" if is_utf8 else "cp1252"
         if encoding == "cp1252" and not _decodes_file(path, "cp1252"):
             raise FileProblem("not readable as UTF-8 or Windows-1252 text")
-    return SourceFile(table, path, kind, digest.hexdigest(), encoding)
+    if kind != "csv":
+        bom = crlf = False
+    return SourceFile(table, path, kind, digest.hexdigest(), encoding, bom, crlf)
 
 
 def _decodes(decoder: codecs.IncrementalDecoder, chunk: bytes, *, final: bool) -> bool:
@@ -101,6 +122,8 @@ def _decodes_file(path: Path, encoding: str) -> bool:
 
 
 def read_header(src: SourceFile) -> list[str]:
+    if src.memory is not None:
+        return list(src.memory.header)
     if src.kind == "parquet":
         return [name for name, _ in _parquet_columns(src)]
     with src.path.open(encoding=src.encoding, newline="") as f:
@@ -118,7 +141,12 @@ def iter_batches(
     Rows that are blank (every field empty, as spreadsheets leave at the end) are
     skipped; CSV rows with the wrong number of fields go to ``on_malformed``.
     """
-    if src.kind == "parquet":
+    if src.memory is not None:
+        mem = src.memory
+        for start in range(0, len(mem.rows), BATCH_ROWS):
+            chunk = mem.rows[start : start + BATCH_ROWS]
+            yield _columns(chunk, mem.lines[start : start + BATCH_ROWS], positions)
+    elif src.kind == "parquet":
         yield from _parquet_batches(src, positions)
     else:
         yield from _csv_batches(src, positions, on_malformed)

@@ -39,6 +39,20 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="skip the head check (entries removed from the end go undetected)",
     )
+    v.add_argument(
+        "--against",
+        type=Path,
+        metavar="COORDINATOR_DB",
+        help="cross-check a node's log against the coordinator's receipts in this log "
+        "(detects a log or ledger restored from an older copy); needs --node and "
+        "--coordinator-key",
+    )
+    v.add_argument("--node", metavar="ORGANISATION", help="the node's organisation name")
+    v.add_argument(
+        "--coordinator-key",
+        metavar="PUBKEY_ID_OR_FILE",
+        help="the coordinator's public key id or .pub file",
+    )
     v.set_defaults(handler=run_verify)
 
     s = sub.add_parser("show", help="print the latest entries as a table")
@@ -74,7 +88,24 @@ def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except KeyError_ as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = audit.verify(args.db, key, args.head, check_head=not args.no_head)
+    against: list[audit.Receipt] = []
+    if args.against is not None:
+        if not args.node or not args.coordinator_key:
+            print("error: --against needs --node and --coordinator-key", file=sys.stderr)
+            return 2
+        try:
+            coordinator_key = load_public_key(args.coordinator_key)
+        except KeyError_ as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        theirs, against = audit.receipts(args.against, coordinator_key, args.node)
+        if not theirs.ok:
+            print("FAILED: the coordinator's log does not verify:")
+            for problem in theirs.problems:
+                print(f"  - coordinator: {problem}")
+            return 1
+        print(f"coordinator log: {theirs.entries} entries, {len(against)} receipts for {args.node}")
+    result = audit.verify(args.db, key, args.head, check_head=not args.no_head, against=against)
     if result.ok:
         print(f"OK: {result.entries} entries verify with {key.key_id}")
         return 0

@@ -22,11 +22,13 @@ def register(subparsers: Any) -> None:
         "certs",
         help="make a federation CA and mTLS certificates (testing / local use)",
         description=(
-            "Write ca.crt/ca.key and <name>.crt/<name>.key files into OUT_DIR. Nodes and "
-            "the coordinator get a server+client certificate (SANs localhost, 127.0.0.1); "
-            "users get a client certificate. The certificate CN is the name, which is the "
-            "identity servers see. If OUT_DIR already holds ca.crt and ca.key, that CA "
-            "signs the new certificates."
+            "Write ca.crt/ca.key and <name>.crt/<name>.key files into OUT_DIR. Each node "
+            "gets a server+client certificate naming that node only (SAN "
+            "<name>.node.tessera, lower-cased; the coordinator and node clients pin it), "
+            "plus any --node-server-name; the coordinator gets one with SANs localhost "
+            "and 127.0.0.1 (or --server-name); users get a client certificate. The "
+            "certificate CN is the name, which is the identity servers see. If OUT_DIR "
+            "already holds ca.crt and ca.key, that CA signs the new certificates."
         ),
     )
     p.add_argument("out_dir", metavar="OUT_DIR", type=Path)
@@ -45,7 +47,14 @@ def register(subparsers: Any) -> None:
         action="append",
         default=None,
         metavar="HOST",
-        help="SAN for node/coordinator certificates (default: localhost and 127.0.0.1)",
+        help="SAN for the coordinator certificate (default: localhost and 127.0.0.1)",
+    )
+    p.add_argument(
+        "--node-server-name",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="extra SAN for every node certificate (default: none, so no two nodes share a name)",
     )
     p.add_argument("--ca-only", action="store_true", help="only create the CA")
     p.add_argument("--days", type=int, default=tls.CERT_DAYS, help="certificate lifetime")
@@ -107,6 +116,7 @@ def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             ca=ca if existing_ca else None,
             organizations=orgs,
             server_names=args.server_name or tls.LOCAL_SERVER_NAMES,
+            node_server_names=args.node_server_name,
             days=args.days,
         )
     except tls.TlsError as e:

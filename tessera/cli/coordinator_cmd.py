@@ -18,10 +18,16 @@ def register(sub: Any) -> None:
         "stops cleanly on SIGTERM or SIGINT.",
     )
     serve.add_argument("--config", type=Path, required=True)
+    from tessera import observability
+
+    observability.add_arguments(serve)
     serve.set_defaults(handler=_serve)
 
 
 def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from tessera import observability
     from tessera.coordinator import config, main
 
-    return main.serve_forever(config.load(args.config))
+    return main.serve_forever(
+        config.load(args.config), observability.options_from(args), str(args.config)
+    )

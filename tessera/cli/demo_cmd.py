@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,12 @@ from rich.console import Console
 
 def register(sub: Any) -> None:
     p = sub.add_parser("demo", help="run a whole local federation on loopback, end to end")
-    p.add_argument("--json", type=Path, dest="json_path", help="write the results as JSON here")
+    p.add_argument(
+        "--json",
+        type=Path,
+        dest="json_path",
+        help="write the results as JSON here; '-' writes only JSON, to standard output",
+    )
     p.add_argument(
         "--scale",
         type=float,
@@ -38,16 +44,19 @@ def _run(args: argparse.Namespace, environ: dict[str, str]) -> int:
     if args.serve and args.workdir is None:
         print("--serve needs --workdir, so that the certificates and keys outlive the command")
         return 2
-    console = Console()
+    to_stdout = args.json_path == Path("-")
+    console = Console(stderr=to_stdout)
     summary = run(
         DemoOptions(
             scale=args.scale,
             seed=args.seed,
-            json_path=args.json_path,
+            json_path=None if to_stdout else args.json_path,
             workdir=args.workdir,
             serve=args.serve,
         ),
         console,
     )
+    if to_stdout:
+        print(json.dumps(summary, indent=2))
     refused = all(d["status"] != "OK" and d["budget_spent"] == 0 for d in summary["drills"])
     return 0 if refused else 1

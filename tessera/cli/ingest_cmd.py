@@ -26,14 +26,28 @@ def _table_file(text: str) -> tuple[str, Path]:
     return name.strip(), Path(path.strip())
 
 
+def _percent(text: str) -> float:
+    try:
+        value = float(text.strip().removesuffix("%"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a percentage, e.g. 5 or 2.5") from None
+    if not 0.0 <= value <= 100.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 100")
+    return value / 100.0
+
+
 def register_ingest(node_subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = node_subparsers.add_parser(
         "ingest",
         help="load CSV or Parquet files as a new version of a dataset",
         description=(
-            "Validate source files against the dataset's schema and publish them as a "
-            "new immutable version. Rejected rows are reported by file, line and column "
-            "(never by value)."
+            "Validate source files against the dataset's schema, reconcile stacked "
+            "returns (one row per episode, one header per child, the latest return "
+            "winning) and publish them as a new immutable version. Rejected rows are "
+            "reported by file, line, column and rule (never by value). Nothing is "
+            "published when no usable row remains, when more rows are refused than "
+            "--max-refused allows, or when the content equals the latest version's. "
+            "See docs/ingest.md for every rule and report line."
         ),
     )
     p.add_argument("--data-dir", required=True, type=Path, metavar="PATH")
@@ -44,7 +58,23 @@ def register_ingest(node_subparsers: argparse._SubParsersAction[argparse.Argumen
         action="append",
         type=_table_file,
         metavar="NAME=PATH",
-        help="a source file for a table; repeat for more tables or more files per table",
+        help=(
+            "a source file for a table; repeat for more tables or more files per table "
+            "(give one table's yearly files oldest first). For cin, census=FILE takes the "
+            "DfE CIN census XML or its flat CSV export"
+        ),
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate and reconcile, print the whole report, publish nothing",
+    )
+    p.add_argument(
+        "--max-refused",
+        type=_percent,
+        default=0.05,
+        metavar="PERCENT",
+        help="refuse the whole ingest when more than this share of rows is refused (default 5)",
     )
     p.set_defaults(handler=handle_ingest)
 
@@ -55,8 +85,17 @@ def handle_ingest(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     for name, path in args.table:
         files.setdefault(name, []).append(path)
     try:
-        report = ingest_dataset(dataset, files, args.data_dir, SystemClock().now())
+        report = ingest_dataset(
+            dataset,
+            files,
+            args.data_dir,
+            SystemClock().now(),
+            dry_run=args.dry_run,
+            max_refused_share=args.max_refused,
+        )
     except IngestError as e:
+        if e.report is not None:
+            sys.stdout.write(e.report.render())
         print("tessera node ingest: failed, nothing was written:", file=sys.stderr)
         for problem in e.problems:
             print(f"  {problem}", file=sys.stderr)

@@ -20,13 +20,29 @@ _GROUPS = (
     "tessera.cli.coordinator_cmd",
     "tessera.cli.query_cmd",
     "tessera.cli.demo_cmd",
+    "tessera.cli.completion_cmd",
 )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tessera")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tessera", description="Tessera: federated analytics that never holds the data."
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error instead of its short message",
+    )
+    parser.add_argument("--version", action="version", version=f"tessera {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in _GROUPS:
         try:
@@ -43,7 +59,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     parser = build_parser()
     args = parser.parse_args(argv)
     env = dict(os.environ if environ is None else environ)
-    code: int = args.handler(args, env)
+    # A config, key, certificate, file or port mistake: a short message and exit 2.
+    from tessera import startup
+
+    code: int = startup.run(lambda: int(args.handler(args, env)), debug=args.debug)
     return code
 
 

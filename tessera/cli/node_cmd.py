@@ -1,8 +1,10 @@
-"""`tessera node serve|ingest|budget`: a node operator's commands."""
+"""`tessera node serve|ingest|budget|keygen|backup|restore`: a node operator's commands."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +18,60 @@ def register(sub: Any) -> None:
 
     serve = node_sub.add_parser("serve", help="serve NodeService over mutual TLS")
     serve.add_argument("--config", type=Path, required=True)
+    from tessera import observability
+
+    observability.add_arguments(serve)
     serve.set_defaults(handler=_serve)
 
     budget = node_sub.add_parser("budget", help="show spent and remaining privacy budget")
     budget.add_argument("--config", type=Path, required=True)
     budget.set_defaults(handler=_budget)
 
+    keygen = node_sub.add_parser(
+        "keygen",
+        help="write a new data key (encryption at rest) to a new file, 0600",
+        description="The key encrypts dataset versions, ledger fields and backups. Keep it "
+        "outside the node's state and data folders, and keep a copy somewhere safe: "
+        "without it nothing the node stored can be read.",
+    )
+    keygen.add_argument("--out", type=Path, required=True, metavar="FILE")
+    keygen.set_defaults(handler=_keygen)
+
+    backup = node_sub.add_parser(
+        "backup",
+        help="write an online, verified, encrypted backup of ledger, audit log and versions",
+    )
+    backup.add_argument("--config", type=Path, required=True)
+    backup.add_argument("--out", type=Path, required=True, metavar="FILE")
+    backup.set_defaults(handler=_backup)
+
+    restore = node_sub.add_parser(
+        "restore",
+        help="restore a backup into a stopped node with an empty state folder",
+        description="Refused if the backup would roll spend back (it is older than what "
+        "the node already paid out), if its audit log does not verify, or if the state "
+        "folder already holds a ledger.",
+    )
+    restore.add_argument("--config", type=Path, required=True)
+    restore.add_argument("archive", type=Path, metavar="FILE")
+    restore.set_defaults(handler=_restore)
+
     from tessera.cli.ingest_cmd import register_ingest
 
     register_ingest(node_sub)
 
+    from tessera.cli.rotate_cmd import register_rotate
+
+    register_rotate(node_sub)
+
 
 def _serve(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    from tessera import observability
     from tessera.node import config, main
 
-    return main.serve_forever(config.load(args.config))
+    return main.serve_forever(
+        config.load(args.config), observability.options_from(args), str(args.config)
+    )
 
 
 def _budget(args: argparse.Namespace, environ: dict[str, str]) -> int:
@@ -44,19 +85,75 @@ def _budget(args: argparse.Namespace, environ: dict[str, str]) -> int:
     finally:
         service.ledger.close()
         service.catalog.close()
-    table = Table(title=f"Privacy budget: {cfg.organisation}")
-    for col in ("dataset", "version", "measure", "total", "spent", "left"):
-        table.add_column(col, justify="right" if col in ("total", "spent", "left") else "left")
+    # The operator's view: the content hash stays here (analysts see an opaque id).
+    table = Table(title=f"Privacy budget: {cfg.organisation} (zCDP rho per accountant)")
+    cols = ("dataset", "version", "content sha256", "accountant", "limit", "spent", "left")
+    for col in (*cols, "epsilon at delta"):
+        table.add_column(col, justify="right" if col in ("limit", "spent", "left") else "left")
     for d in rows:
         for kind, total in d.budget_total.items():
             spent = d.budget_spent[kind]
             table.add_row(
                 d.name,
                 str(d.version),
-                kind,
+                d.content_sha256[:16],
+                d.accountant + (f" ({d.period})" if d.period else ""),
                 f"{total:g}",
                 f"{spent:.6g}",
                 f"{max(total - spent, 0):.6g}",
+                f"{d.epsilon_at_delta:.4g} at {d.delta:g}",
             )
     Console().print(table)
+    return 0
+
+
+def _fail(prog: str, message: str) -> int:
+    print(f"tessera node {prog}: {message}", file=sys.stderr)
+    return 2
+
+
+def _keygen(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from tessera.node import vault
+
+    key = vault.DataKey.generate()
+    try:
+        vault.write_key_file(args.out, key)
+    except (vault.VaultError, OSError) as e:
+        return _fail("keygen", str(e) if isinstance(e, vault.VaultError) else f"{args.out}: {e}")
+    print(f"wrote data key {key.key_id} to {args.out} (0600); keep a copy somewhere safe")
+    return 0
+
+
+def _backup(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from tessera.config import ConfigError
+    from tessera.node import backup, config, vault
+
+    try:
+        cfg = config.load(args.config)
+        key = vault.load_key(cfg.encryption, environ, str(args.config))
+        summary = backup.backup(cfg, args.out, key)
+    except (ConfigError, vault.VaultError, backup.BackupError) as e:
+        return _fail("backup", str(e))
+    print(
+        f"wrote {args.out}: {summary.audit_entries} audit entries (verified), "
+        f"{summary.versions} dataset versions, {summary.files} files, "
+        f"encrypted under data key {key.key_id}"
+    )
+    return 0
+
+
+def _restore(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from tessera.config import ConfigError
+    from tessera.node import backup, config, rollback, vault
+
+    try:
+        cfg = config.load(args.config)
+        key = vault.load_key(cfg.encryption, environ, str(args.config))
+        summary = backup.restore(cfg, args.archive, key)
+    except (ConfigError, vault.VaultError, backup.BackupError, rollback.RollbackError) as e:
+        return _fail("restore", str(e))
+    print(
+        f"restored {args.archive} (taken {summary.created}): {summary.audit_entries} audit "
+        f"entries verified, {summary.versions} dataset versions"
+    )
     return 0

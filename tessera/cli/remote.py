@@ -7,6 +7,8 @@ TESSERA_KEY name a key *file*, and the TLS key is read from the TLS folder.
     --tls-dir DIR             or TESSERA_TLS_DIR     (DIR/<identity>.crt|.key, DIR/ca.crt)
     --identity NAME           or TESSERA_IDENTITY    (your certificate name)
     --key PATH                or TESSERA_KEY         (your Ed25519 private key file)
+    --trust FILE              or TESSERA_TRUST       (node keys to verify results with;
+                                                      on the commands that show results)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from tessera import verify
 from tessera.client import Client, ClientError
 from tessera.keys import KeyError_, SigningKey
 from tessera.tls import TlsError, TlsFiles
@@ -57,8 +60,15 @@ def connect(args: argparse.Namespace, environ: Mapping[str, str], *, signing: bo
             key = SigningKey.load(key_path)
         except (OSError, KeyError_) as e:
             raise UsageError(f"cannot use the key {key_path}: {e}") from None
+    trust = None
+    trust_file = getattr(args, "trust", None) or environ.get("TESSERA_TRUST")
+    if trust_file:
+        try:
+            trust = verify.load_trust(Path(trust_file).expanduser())
+        except (OSError, verify.TrustError) as e:
+            raise UsageError(f"cannot use the trust file {trust_file}: {e}") from None
     try:
-        return Client(address, TlsFiles.for_name(tls_dir, identity), key)
+        return Client(address, TlsFiles.for_name(tls_dir, identity), key, trust=trust)
     except (OSError, TlsError) as e:
         raise UsageError(f"cannot use the certificates in {tls_dir} for {identity}: {e}") from None
 

@@ -67,6 +67,13 @@ def register(subparsers: Any) -> None:
         metavar="YYYY-MM-DD",
         help="the census day ('31 March'); default 2026-03-31",
     )
+    p.add_argument(
+        "--messy",
+        action="store_true",
+        help="write each council's SSDA903 as councils hold it: stacked yearly returns "
+        "(a YEAR column), repeated and missing headers, overlapping episodes, "
+        "spreadsheet-style values and mixed date formats",
+    )
     p.set_defaults(handler=run)
 
 
@@ -91,7 +98,11 @@ def summary(manifest: RegionManifest, out_dir: Path) -> list[str]:
 def run(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     try:
         manifest = generate_region(
-            args.out_dir, scale=args.scale, seed=args.seed, reference_date=args.reference_date
+            args.out_dir,
+            scale=args.scale,
+            seed=args.seed,
+            reference_date=args.reference_date,
+            messy=args.messy,
         )
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,5 +1,7 @@
 """`tessera template submit|list|show|approve`: templates held by the coordinator.
 
+`show` prints every field an approver checks (and `--canonical` the exact bytes that
+approvals sign); given a `.toml` file it shows that file without a coordinator.
 `approve` takes the full digest: an approver signs exactly the template they read
 with `show`, never "whatever is newest under this id".
 """
@@ -7,6 +9,7 @@ with `show`, never "whatever is newest under this id".
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,11 +17,13 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from tessera.cli.remote import add_connection_args, connect, handles_errors
+from tessera import templates
+from tessera.cli.output import add_json_arg, console, print_fields, print_table, write_json
+from tessera.cli.remote import UsageError, add_connection_args, connect, handles_errors
 from tessera.client import TemplateInfo
-from tessera.templates.model import DateParam, EnumParam, Template
+from tessera.report.describe import describe
+from tessera.templates.model import Template
 
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
@@ -32,26 +37,36 @@ def _digest(text: str) -> str:
 def register_remote(t_sub: Any) -> None:
     submit = t_sub.add_parser("submit", help="send a template file to the coordinator for approval")
     submit.add_argument("template", type=Path)
+    add_json_arg(submit, "the submitted template's record")
     add_connection_args(submit)
     submit.set_defaults(handler=_submit)
 
     ls = t_sub.add_parser("list", help="templates at the coordinator")
     ls.add_argument("--state", choices=("pending", "published"), default="")
+    add_json_arg(ls, "the list")
     add_connection_args(ls)
     ls.set_defaults(handler=_list)
 
-    show = t_sub.add_parser("show", help="read a template at the coordinator before approving it")
-    show.add_argument("digest_or_id", metavar="DIGEST_OR_ID")
+    show = t_sub.add_parser(
+        "show",
+        help="read every field of a template (at the coordinator, or a .toml file)",
+        description="Print every field an approver must check, in plain words: parameters, "
+        "filters, each band's bounds and each category's codes, the per-unit cap, the cost, "
+        "who may ask. DIGEST_OR_ID is a digest or id at the coordinator, or a .toml file.",
+    )
+    show.add_argument("digest_or_id", metavar="DIGEST_OR_ID|FILE")
     show.add_argument(
         "--canonical",
         action="store_true",
         help="print the exact canonical JSON that approvals sign",
     )
+    add_json_arg(show, "the record and the canonical template")
     add_connection_args(show)
     show.set_defaults(handler=_show)
 
     approve = t_sub.add_parser("approve", help="sign a template at the coordinator with your key")
     approve.add_argument("digest", type=_digest, metavar="DIGEST")
+    add_json_arg(approve, "the template's record after your approval")
     add_connection_args(approve)
     approve.set_defaults(handler=_approve)
 
@@ -67,7 +82,8 @@ def _summary(info: TemplateInfo) -> str:
 def _submit(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     with connect(args, environ, signing=False) as client:
         info = client.submit_template(args.template)
-    Console().print(f"submitted {_summary(info)}")
+    console(environ, args).print(f"submitted {_summary(info)}")
+    write_json(args, _info_json(info))
     return 0
 
 
@@ -75,11 +91,8 @@ def _submit(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def _list(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     with connect(args, environ, signing=False) as client:
         infos = client.list_templates(args.state)
-    table = Table(title="Templates at the coordinator")
-    for col in ("id", "version", "title", "state", "approvals", "digest", "submitted by"):
-        table.add_column(col, no_wrap=col in ("id", "digest"))
-    for t in infos:
-        table.add_row(
+    rows = [
+        [
             escape(t.id),
             str(t.version),
             escape(t.title),
@@ -87,63 +100,73 @@ def _list(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             f"{t.approvals}/{t.approvals_required}",
             t.digest[:16] + "…",
             escape(t.submitted_by),
-        )
-    Console().print(table)
+        ]
+        for t in infos
+    ]
+    cols = ("id", "version", "title", "state", "approvals", "digest", "submitted by")
+    print_table(console(environ, args), "Templates at the coordinator", cols, rows, no_wrap=("id",))
+    write_json(args, [_info_json(t) for t in infos])
     return 0
 
 
-def _parameters(t: Template) -> str:
-    out = []
-    for p in t.parameters:
-        if isinstance(p, DateParam):
-            out.append(f"{p.name}: date {p.min} to {p.max}")
-        elif isinstance(p, EnumParam):
-            out.append(f"{p.name}: one of {', '.join(p.values)}")
-        else:
-            out.append(f"{p.name}: integer {p.min} to {p.max}")
-    return "; ".join(out) or "none"
+def load_template_file(path: Path) -> Template:
+    try:
+        return templates.load_toml(path.read_text(encoding="utf-8"))
+    except templates.TemplateError as e:
+        raise UsageError(f"{path}: {e}") from None
+
+
+def _info_json(info: TemplateInfo) -> dict[str, Any]:
+    return {
+        "id": info.id,
+        "version": info.version,
+        "title": info.title,
+        "state": info.state,
+        "digest": info.digest,
+        "approvals": info.approvals,
+        "approvals_required": info.approvals_required,
+        "submitted_by": info.submitted_by,
+        "submitted_at": info.submitted_at,
+    }
+
+
+def show_template(
+    con: Console, heading: str, t: Template, digest: str, extra: list[tuple[str, str]]
+) -> None:
+    """Every field an approver checks, section by section, in plain words."""
+    con.print(heading)
+    for section in describe(t, digest):
+        con.print()
+        print_fields(con, section.heading, section.fields)
+    if extra:
+        con.print()
+        print_fields(con, "At the coordinator", extra)
 
 
 @handles_errors
 def _show(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    with connect(args, environ, signing=False) as client:
-        info = client.get_template(args.digest_or_id)
-    console = Console()
+    local = Path(args.digest_or_id)
+    con = console(environ, args)
+    if local.suffix == ".toml" and local.is_file():
+        t = load_template_file(local)
+        canonical, digest = templates.encode(t), templates.digest(t)
+        heading, extra, meta = f"{escape(t.id)} v{t.version} (file {escape(str(local))})", [], {}
+    else:
+        with connect(args, environ, signing=False) as client:
+            info = client.get_template(args.digest_or_id)
+        t, canonical, digest = info.template, info.canonical, info.digest
+        heading = _summary(info)
+        extra = [
+            ("state", info.state),
+            ("approvals", f"{info.approvals} of {info.approvals_required}"),
+            ("submitted", f"by {info.submitted_by} at {info.submitted_at}"),
+        ]
+        meta = _info_json(info)
     if args.canonical:
-        console.out(info.canonical.decode("utf-8"), highlight=False)
-        return 0
-    t = info.template
-    cost = (
-        f"epsilon {t.privacy.epsilon}" if t.privacy.epsilon is not None else f"rho {t.privacy.rho}"
-    )
-    rows = [
-        ("title", t.title),
-        ("purpose", t.purpose),
-        ("legal basis", t.legal_basis),
-        (
-            "dataset",
-            f"{t.dataset} (schema {t.schema_version}), source {t.source}, "
-            f"privacy unit {t.privacy_unit}",
-        ),
-        ("parameters", _parameters(t)),
-        ("cells", " x ".join(f"{d.name} ({len(d.labels)})" for d in t.group_by) or "one"),
-        ("statistic", t.statistic.kind.value),
-        ("privacy cost per node", cost),
-        ("output", f"suppress below {t.output.min_count}, round to {t.output.round_to}"),
-        ("analysts", ", ".join(f"{a.name} ({a.key[:20]}…)" for a in t.access.analysts)),
-        ("expires", t.access.expires.isoformat()),
-        ("quorum", str(t.access.quorum)),
-        ("per-node breakdown", "allowed" if t.access.per_node_breakdown else "not allowed"),
-        ("submitted", f"by {info.submitted_by} at {info.submitted_at}"),
-    ]
-    table = Table(title=_summary(info), show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    for k, v in rows:
-        table.add_row(k, escape(v))
-    console.print(table)
-    if t.description.strip():
-        console.print(escape(t.description.strip()))
+        con.out(canonical.decode("utf-8"), highlight=False)
+    else:
+        show_template(con, heading, t, digest, extra)
+    write_json(args, {**meta, "digest": digest, "template": json.loads(canonical)})
     return 0
 
 
@@ -151,5 +174,6 @@ def _show(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def _approve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     with connect(args, environ, signing=True) as client:
         info = client.approve(args.digest)
-    Console().print(f"approved {_summary(info)}")
+    console(environ, args).print(f"approved {_summary(info)}")
+    write_json(args, _info_json(info))
     return 0

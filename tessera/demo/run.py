@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.resources
 import json
 import signal
 import tempfile
@@ -28,7 +29,9 @@ from tessera.demo.drills import run_drills
 from tessera.demo.processes import Processes
 from tessera.templates.model import Analyst, Template
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "templates"
+# The reference templates, shipped in the package (tessera/demo/templates links to
+# examples/templates in a checkout; a wheel carries the files themselves).
+EXAMPLES = importlib.resources.files("tessera.demo") / "templates"
 COUNCILS = ("Bradford", "Calderdale", "Kirklees", "Leeds", "Wakefield")
 REFERENCE_DATE = "2026-03-31"
 
@@ -53,8 +56,10 @@ def load_template(name: str, analyst_key: str) -> Template:
 
 def run(options: DemoOptions, console: Console) -> dict[str, Any]:
     if options.workdir is not None:
-        options.workdir.mkdir(parents=True, exist_ok=True)
-        return _run_in(options.workdir, options, console)
+        # Absolute from here on: configs, logs and child processes all see one path.
+        workdir = options.workdir.expanduser().resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        return _run_in(workdir, dataclasses.replace(options, workdir=workdir), console)
     with tempfile.TemporaryDirectory(prefix="tessera-demo-") as tmp:
         return _run_in(Path(tmp), options, console)
 

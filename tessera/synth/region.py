@@ -10,11 +10,12 @@ from tessera.synth import calibration as cal
 from tessera.synth.education import simulate_education
 from tessera.synth.health import simulate_health
 from tessera.synth.manifest import DatasetFiles, Organisation, RegionManifest, TableFile
+from tessera.synth.messy import stacked_returns
 from tessera.synth.police import simulate_police
 from tessera.synth.population import build_population
 from tessera.synth.rng import make_rng
 from tessera.synth.social_care import CareFlags, simulate_council
-from tessera.synth.writer import Tables, write_table
+from tessera.synth.writer import Tables, write_rows, write_table
 
 MANIFEST_NAME = "region.json"
 
@@ -29,16 +30,32 @@ def _write_dataset(out_dir: Path, slug: str, name: str, tables: Tables) -> Datas
     return DatasetFiles(name, files)
 
 
+def _write_messy(
+    out_dir: Path, slug: str, tables: Tables, seed: int, reference_date: date
+) -> DatasetFiles:
+    """SSDA903 as stacked yearly returns with a YEAR column (tessera.synth.messy)."""
+    messy, _ = stacked_returns(make_rng(seed, f"messy/{slug}"), tables, reference_date)
+    files: dict[str, TableFile] = {}
+    for name, columns in messy.items():
+        rel = f"{slug}/ssda903/{name}.csv"
+        files[name] = TableFile(rel, write_rows(out_dir / rel, columns))
+    return DatasetFiles("ssda903", files)
+
+
 def generate_region(
     out_dir: Path,
     *,
     scale: float = 0.01,
     seed: int = 1,
     reference_date: date = date(2026, 3, 31),
+    messy: bool = False,
 ) -> RegionManifest:
     """Generate the synthetic region under `out_dir` and write `region.json` there.
 
-    The same seed, scale and reference date give byte-identical files.
+    The same seed, scale and reference date give byte-identical files. With
+    ``messy``, each council's SSDA903 files are written as councils hold them:
+    stacked yearly returns, repeated and missing headers, overlapping episodes,
+    spreadsheet-style values and mixed date formats (tessera.synth.messy).
     """
     out_dir = Path(out_dir)
     pop = build_population(make_rng(seed, "population"), scale, reference_date)
@@ -50,7 +67,9 @@ def generate_region(
         )
         education = simulate_education(make_rng(seed, f"education/{council.slug}"), pop, k, flags)
         datasets = (
-            _write_dataset(out_dir, council.slug, "ssda903", ssda903),
+            _write_messy(out_dir, council.slug, ssda903, seed, reference_date)
+            if messy
+            else _write_dataset(out_dir, council.slug, "ssda903", ssda903),
             _write_dataset(out_dir, council.slug, "cin", cin),
             _write_dataset(out_dir, council.slug, "education", education),
         )

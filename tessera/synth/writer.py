@@ -32,3 +32,16 @@ def write_table(path: Path, table: Table, columns: Columns) -> int:
         out.writerow(names)
         out.writerows(zip(*columns.values(), strict=True))
     return lengths.pop() if lengths else 0
+
+
+def write_rows(path: Path, columns: Columns) -> int:
+    """Write columns in the given order (any names); returns the row count."""
+    lengths = {len(v) for v in columns.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"{path.name}: columns differ in length")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        out = csv.writer(f, lineterminator="\n")
+        out.writerow(list(columns))
+        out.writerows(zip(*columns.values(), strict=True))
+    return lengths.pop() if lengths else 0

@@ -39,6 +39,14 @@ class StatisticKind(str, Enum):
 # Kinds the language reserves for later versions; refused with a clear message today.
 RESERVED_STATISTICS = ("overlap_count",)
 
+
+class Choice(str, Enum):
+    """Which record decides a unit's cell in count_units (`choose`, with a date `by`)."""
+
+    LATEST = "latest"  # the record with the latest `by` date
+    EARLIEST = "earliest"  # the record with the earliest `by` date
+
+
 ParamValue = str | int | date
 
 
@@ -150,13 +158,17 @@ class CategoriesDim:
     name: str
     column: str
     categories: tuple[Category, ...]
-    # Label for every code not listed; None drops such rows.
+    # Label for every code not listed; None drops such rows. Without `unknown`, a
+    # missing (NULL) code counts as not listed.
     other: str | None = None
+    # Label for a missing (NULL) code; None leaves such rows to `other`, or drops them.
+    unknown: str | None = None
 
     @property
     def labels(self) -> tuple[str, ...]:
         own = tuple(c.label for c in self.categories)
-        return own + ((self.other,) if self.other is not None else ())
+        own += (self.other,) if self.other is not None else ()
+        return own + ((self.unknown,) if self.unknown is not None else ())
 
 
 @dataclass(frozen=True)
@@ -169,10 +181,14 @@ class BandsDim:
     birth_column: str | None = None
     at: DateRef | None = None
     at_column: str | None = None
+    # Label for a missing value (the column, the birth date or the `at_column` date is
+    # NULL); None drops such rows. A value outside every band is dropped either way.
+    unknown: str | None = None
 
     @property
     def labels(self) -> tuple[str, ...]:
-        return tuple(b.label for b in self.bands)
+        own = tuple(b.label for b in self.bands)
+        return own + ((self.unknown,) if self.unknown is not None else ())
 
 
 @dataclass(frozen=True)
@@ -207,6 +223,11 @@ class Statistic:
     column: str | None = None
     lower: int = 0
     upper: int = 0
+    # count_units: which record decides the unit's cell(s). None: the keyed
+    # pseudo-random order of the unit's records (as for the record caps).
+    choose: Choice | None = None
+    # The date column `choose` orders by; ties go to the keyed pseudo-random order.
+    by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -233,6 +254,10 @@ class Access:
     expires: date
     quorum: int
     per_node_breakdown: bool
+    # The one audience the template may be asked of (sorted organisation names), when
+    # the approvers declare it: then every answer has one set of contributors, and no
+    # node's figure can be isolated by differencing audiences. Empty: any audience.
+    participants: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from tessera.templates.model import (
     BetweenFilter,
     CategoriesDim,
     Category,
+    Choice,
     DateParam,
     DateRef,
     Dimension,
@@ -324,7 +325,7 @@ def _dimension(f: Fields, ctx: _Ctx) -> Dimension:
         if not cats:
             raise TemplateError(f.at("categories"), "must not be empty")
         other = f.label("other") if f.has("other") else None
-        result = CategoriesDim(name, col.name, tuple(cats), other)
+        result = CategoriesDim(name, col.name, tuple(cats), other, _unknown(f))
     elif kind == "bands":
         bands = []
         for t in f.tables("bands", max_items=MAX_LABELS):
@@ -343,10 +344,10 @@ def _dimension(f: Fields, ctx: _Ctx) -> Dimension:
         if f.has("birth_column"):
             birth = ctx.column(f, "birth_column", C.DATE)
             at, at_col = _at(f, ctx)
-            result = BandsDim(name, tuple(bands), None, birth.name, at, at_col)
+            result = BandsDim(name, tuple(bands), None, birth.name, at, at_col, _unknown(f))
         else:
             col = ctx.column(f, "column", C.INT)
-            result = BandsDim(name, tuple(bands), col.name)
+            result = BandsDim(name, tuple(bands), col.name, unknown=_unknown(f))
     elif kind == "months":
         col = ctx.column(f, "column", C.DATE)
         first, last = _month(f, "first"), _month(f, "last")
@@ -358,18 +359,34 @@ def _dimension(f: Fields, ctx: _Ctx) -> Dimension:
         result = MonthsDim(name, col.name, first, last)
     else:
         raise TemplateError(f.at("kind"), "must be categories, bands or months")
-    labels = result.labels
-    if len(set(labels)) != len(labels):
-        # Months are distinct by construction; name the list (or `other`) that clashes.
-        own = (
-            labels[:-1]
-            if isinstance(result, CategoriesDim) and result.other is not None
-            else labels
-        )
-        clash = "other" if len(set(own)) == len(own) else kind
-        raise TemplateError(f.at(clash), "labels must be distinct")
+    _distinct_labels(f, result)
     f.done()
     return result
+
+
+def _unknown(f: Fields) -> str | None:
+    """The label of the cell for rows whose value is missing, if the dimension has one."""
+    return f.label("unknown") if f.has("unknown") else None
+
+
+def _distinct_labels(f: Fields, d: Dimension) -> None:
+    """Labels must be distinct; the error names the list, `other` or `unknown` that clashes.
+    (Months are distinct by construction.)"""
+    if isinstance(d, MonthsDim):
+        return
+    if isinstance(d, CategoriesDim):
+        steps = [("categories", tuple(c.label for c in d.categories)), ("other", (d.other,))]
+    else:
+        steps = [("bands", tuple(b.label for b in d.bands))]
+    steps.append(("unknown", (d.unknown,)))
+    seen: list[str] = []
+    for key, labels in steps:
+        for label in labels:
+            if label is None:
+                continue
+            if label in seen:
+                raise TemplateError(f.at(key), "labels must be distinct")
+            seen.append(label)
 
 
 def _month(f: Fields, key: str) -> tuple[int, int]:
@@ -392,8 +409,18 @@ def _statistic(f: Fields, ctx: _Ctx) -> Statistic:
         raise TemplateError(
             f.at("kind"), "must be count_units, count_records, sum or mean"
         ) from None
+    if kind is not StatisticKind.COUNT_UNITS:
+        for key in ("choose", "by"):
+            if f.has(key):
+                raise TemplateError(
+                    f.at(key),
+                    "applies to count_units only; records under a cap are kept in the "
+                    "node's keyed pseudo-random order",
+                )
     if kind is StatisticKind.COUNT_UNITS:
-        stat = Statistic(kind, max_cells_per_unit=f.integer("max_cells_per_unit", lo=1, hi=MAX_CAP))
+        cap = f.integer("max_cells_per_unit", lo=1, hi=MAX_CAP)
+        choose, by = _choice(f, ctx)
+        stat = Statistic(kind, max_cells_per_unit=cap, choose=choose, by=by)
     elif kind is StatisticKind.COUNT_RECORDS:
         stat = Statistic(
             kind, max_records_per_unit=f.integer("max_records_per_unit", lo=1, hi=MAX_CAP)
@@ -414,6 +441,26 @@ def _statistic(f: Fields, ctx: _Ctx) -> Statistic:
         stat = Statistic(kind, max_records_per_unit=cap, column=col.name, lower=lo, upper=hi)
     f.done()
     return stat
+
+
+def _choice(f: Fields, ctx: _Ctx) -> tuple[Choice | None, str | None]:
+    """`choose` (latest or earliest) and its date column `by`, both or neither."""
+    if not f.has("choose"):
+        if f.has("by"):
+            raise TemplateError(f.at("by"), 'needs choose = "latest" or "earliest"')
+        return None, None
+    text = f.text("choose", max_len=20)
+    try:
+        choose = Choice(text)
+    except ValueError:
+        raise TemplateError(
+            f.at("choose"),
+            "must be latest or earliest (leave it out for the keyed pseudo-random choice)",
+        ) from None
+    if not f.has("by"):
+        raise TemplateError(f.at("by"), f"choose = {choose.value!r} needs a date column by")
+    col = ctx.column(f, "by", schemas.ColumnType.DATE)
+    return choose, col.name
 
 
 def _privacy(f: Fields) -> Privacy:
@@ -456,7 +503,12 @@ def _access(f: Fields) -> Access:
         expires=f.date("expires"),
         quorum=f.integer("quorum", lo=1, hi=1000),
         per_node_breakdown=f.boolean("per_node_breakdown"),
+        participants=tuple(sorted(f.labels("participants", max_items=1000)))
+        if f.has("participants")
+        else (),
     )
+    if access.participants and len(access.participants) < access.quorum:
+        raise TemplateError(f.at("participants"), "lists fewer organisations than the quorum")
     f.done()
     return access
 
@@ -532,6 +584,8 @@ def _dim_dict(x: Dimension) -> dict[str, Any]:
         }
         if x.other is not None:
             d["other"] = x.other
+        if x.unknown is not None:
+            d["unknown"] = x.unknown
         return d
     if isinstance(x, BandsDim):
         d = {
@@ -544,6 +598,8 @@ def _dim_dict(x: Dimension) -> dict[str, Any]:
         else:
             d["birth_column"] = x.birth_column
             d.update(_at_dict(x.at, x.at_column))
+        if x.unknown is not None:
+            d["unknown"] = x.unknown
         return d
     return {
         "name": x.name,
@@ -556,7 +612,11 @@ def _dim_dict(x: Dimension) -> dict[str, Any]:
 
 def _stat_dict(s: Statistic) -> dict[str, Any]:
     if s.kind is StatisticKind.COUNT_UNITS:
-        return {"kind": s.kind.value, "max_cells_per_unit": s.max_cells_per_unit}
+        d: dict[str, Any] = {"kind": s.kind.value, "max_cells_per_unit": s.max_cells_per_unit}
+        if s.choose is not None:
+            d["choose"] = s.choose.value
+            d["by"] = s.by
+        return d
     if s.kind is StatisticKind.COUNT_RECORDS:
         return {"kind": s.kind.value, "max_records_per_unit": s.max_records_per_unit}
     return {
@@ -597,5 +657,7 @@ def to_dict(t: Template) -> dict[str, Any]:
             "expires": t.access.expires.isoformat(),
             "quorum": t.access.quorum,
             "per_node_breakdown": t.access.per_node_breakdown,
+            # Only when declared, so templates without it keep their digests.
+            **({"participants": list(t.access.participants)} if t.access.participants else {}),
         },
     }

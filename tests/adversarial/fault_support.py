@@ -43,7 +43,7 @@ from tessera.keys import SigningKey
 from tessera.node import main as node_main
 from tessera.node import secret
 from tessera.node.catalog import DatasetCatalog
-from tessera.node.config import DatasetConfig, NodeConfig
+from tessera.node.config import DatasetConfig, NodeConfig, PrivacyConfig
 from tessera.node.ledger import Ledger
 from tessera.node.service import NodeService
 from tessera.node.servicer import NodeServicer
@@ -93,7 +93,11 @@ def big_budget_config(
     """A node config with a large test-only budget on both council datasets."""
     cfg = fedlib.node_config(fed, name)
     cfg = dataclasses.replace(
-        cfg, datasets={"ssda903": DatasetConfig(epsilon=epsilon), "cin": DatasetConfig(rho=rho)}
+        cfg,
+        datasets={"ssda903": DatasetConfig(), "cin": DatasetConfig()},
+        # ssda903 and cin share the children's accountant: room for both figures, up to
+        # the most a node allows (rho 1000).
+        privacy=PrivacyConfig(delta=1e-6, lifetime_rho=min(epsilon**2 / 2 + rho, 1000.0)),
     )
     if state_dir is not None:
         cfg = dataclasses.replace(cfg, state_dir=state_dir)

@@ -378,7 +378,10 @@ def audit_case(d: Draws, family_alpha: float) -> dict[str, Any]:
 
 
 def _measure(d: Draws, values: npt.NDArray[np.int64]) -> results.Measure:
-    return results.Measure(d.cal.name, tuple(int(v) for v in values), d.variance, d.ci95, d.ci975)
+    # As the node stores it: with its noise distribution (tests/adversarial/test_coverage.py
+    # measures the intervals in depth).
+    part = results.NoisePart(results.mechanism(d.cal.kind), d.cal.scale)
+    return results.measure_from_noise(d.cal.name, [int(v) for v in values], d.variance, [part])
 
 
 def empirical_coverage(d: Draws, k: int) -> tuple[int, int]:

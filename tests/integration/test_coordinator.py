@@ -86,7 +86,7 @@ def test_approvers_publish_and_the_analyst_runs_combined_and_per_node(
     assert shape["cells"][0]["ci95"] == list(result.cells[0].ci95)
     assert (
         result.to_csv().splitlines()[0]
-        == "age_bracket,placement,estimate,ci95_low,ci95_high,suppressed"
+        == "age_bracket,placement,estimate,ci95_low,ci95_high,coverage,suppressed"
     )
     assert len(result.to_rows()) == 20
     assert _spent(region, "ssda903") == pytest.approx({o: 0.5 for o in region_lib.COUNCILS})

@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from tessera import audit, config
-from tessera.node.config import DatasetConfig, NodeConfig
+from tessera.node.config import DatasetConfig, NodeConfig, PrivacyConfig
 from tests.support import federation as fedlib
 
 
@@ -46,7 +46,8 @@ def _spent(fed: fedlib.Federation, port: int) -> float:
 
     stub = fedlib.node_stub(fed, port)
     reply = stub.GetBudget(node_pb2.GetBudgetRequest(), timeout=10)
-    return sum(d.budget_spent.epsilon for d in reply.datasets if d.name == "ssda903")
+    # The accountant's spend in zCDP rho (each epsilon 0.5 answer is rho 0.125).
+    return sum(d.budget_spent.rho for d in reply.datasets if d.name == "ssda903")
 
 
 @pytest.mark.slow
@@ -55,7 +56,9 @@ def test_kill_9_mid_burst_never_releases_unpaid_answers(fed: fedlib.Federation) 
 
     cfg: NodeConfig = fedlib.node_config(fed, "Leeds")
     cfg = dataclasses.replace(
-        cfg, datasets={"ssda903": DatasetConfig(epsilon=1000.0), "cin": DatasetConfig(rho=1.0)}
+        cfg,
+        datasets={"ssda903": DatasetConfig(), "cin": DatasetConfig()},
+        privacy=PrivacyConfig(delta=1e-6, lifetime_rho=1000.0),
     )
     fedlib.ingest_council(fed, cfg)
     cfg_path = fed.root / "leeds.toml"
@@ -75,7 +78,7 @@ def test_kill_9_mid_burst_never_releases_unpaid_answers(fed: fedlib.Federation) 
         except grpc.RpcError:
             return
         with lock:
-            delivered.append(reply.answer.charged.epsilon)
+            delivered.append(reply.answer.charged.epsilon**2 / 2)  # as zCDP rho
             if len(delivered) >= 15:
                 answered.set()
 

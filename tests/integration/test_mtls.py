@@ -116,8 +116,10 @@ def test_auth_context_keys(server: Server) -> None:
     assert user["x509_pem_cert"][0].startswith(b"-----BEGIN CERTIFICATE-----")
     assert "x509_subject_alternative_name" not in user
     assert node["x509_common_name"] == [b"council-a"]
-    assert node["x509_subject_alternative_name"] == [b"localhost", b"127.0.0.1"]
-    assert node["peer_dns"] == [b"localhost"] and node["peer_ip"] == [b"127.0.0.1"]
+    # A node's certificate names the node first (tls.node_server_name), then the local names.
+    sans = [b"council-a.node.tessera", b"localhost", b"127.0.0.1"]
+    assert node["x509_subject_alternative_name"] == sans
+    assert node["peer_dns"] == sans[:2] and node["peer_ip"] == [b"127.0.0.1"]
 
 
 def _paths(files: tls.TlsFiles | None) -> tuple[Path, Path, Path]:

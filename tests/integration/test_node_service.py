@@ -55,7 +55,7 @@ def test_answers_template_1_with_every_cell_and_interval(running_node: Any) -> N
     assert a.charged.epsilon == pytest.approx(0.5)
     assert not a.from_cache
     assert len(a.measures) == 1 and len(a.measures[0].values) == 20
-    assert _spent(stub)["ssda903"] == pytest.approx(0.5)
+    assert _spent(stub)["ssda903"] == pytest.approx(0.125)  # epsilon 0.5 as zCDP rho
 
 
 def test_identical_question_returns_identical_answer_at_zero_cost(running_node: Any) -> None:
@@ -80,7 +80,7 @@ def test_retrying_the_same_request_id_never_spends_twice(running_node: Any) -> N
     again = stub.Execute(req).answer
     assert list(again.measures[0].values) == list(first.measures[0].values)
     assert again.charged.epsilon == 0.0
-    assert _spent(stub)["ssda903"] == pytest.approx(0.5)
+    assert _spent(stub)["ssda903"] == pytest.approx(0.125)  # epsilon 0.5 as zCDP rho
 
 
 def _refused(stub: Any, request: Any) -> grpc.StatusCode:
@@ -227,15 +227,16 @@ def test_over_budget_is_refused_without_spending(running_node: Any) -> None:
     fed, node = running_node
     stub = fedlib.node_stub(fed, node.port)
     signed = fedlib.sign_template(fed.template(T1), fed.approvers[:2])
-    # Budget 2.0 at 0.5 a question: four distinct questions, then refusal.
-    for day in ("2021-03-31", "2022-03-31", "2023-03-31", "2024-03-31"):
-        stub.Execute(fedlib.execute_request(fed, signed, {"on_date": day}))
+    # The children's accountant has lifetime rho 3.0; each question costs epsilon 0.5,
+    # rho 0.125 in zCDP: 24 distinct questions, then refusal.
+    for day in range(1, 25):
+        stub.Execute(fedlib.execute_request(fed, signed, {"on_date": f"2021-03-{day:02d}"}))
     assert _refused(stub, fedlib.execute_request(fed, signed, P1)) == (
         grpc.StatusCode.RESOURCE_EXHAUSTED
     )
-    assert _spent(stub)["ssda903"] == pytest.approx(2.0)
+    assert _spent(stub)["ssda903"] == pytest.approx(3.0)
     # An already-released answer is still free to ask again.
-    again = stub.Execute(fedlib.execute_request(fed, signed, {"on_date": "2021-03-31"}))
+    again = stub.Execute(fedlib.execute_request(fed, signed, {"on_date": "2021-03-01"}))
     assert again.answer.from_cache
 
 

@@ -118,6 +118,7 @@ def start_region(
     councils: Sequence[str] = COUNCILS,
     *,
     extra_nodes: dict[str, str] | None = None,
+    distinct_node_keys: bool = False,
     **coordinator_options: Any,
 ) -> Region:
     """Start the councils' nodes, then a coordinator routing to them (and to
@@ -125,6 +126,8 @@ def start_region(
     from tessera.node.main import start
 
     fed = fedlib.make(root, node_names=list(councils))
+    if distinct_node_keys:
+        fed.node_keys.update({org: SigningKey.generate() for org in councils})
     issue_user_certs(fed, [ANALYST, *APPROVERS])
     nodes: dict[str, Any] = {}
     try:

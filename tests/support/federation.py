@@ -17,7 +17,7 @@ import grpc
 from tessera import approvals, requests, schemas, templates
 from tessera.config import ApproversConfig, TlsConfig, TrustedApprover
 from tessera.keys import SigningKey
-from tessera.node.config import ClientConfig, DatasetConfig, NodeConfig
+from tessera.node.config import ClientConfig, DatasetConfig, NodeConfig, PrivacyConfig
 from tessera.node.ingest import ingest_dataset
 from tessera.templates.model import Analyst, Mode, Template
 from tessera.tls import TlsFiles, make_federation
@@ -67,6 +67,15 @@ class Federation:
     analyst: SigningKey
     outsider: SigningKey
     node_key: SigningKey
+    # Per-node signing keys, for tests that need each node's own (default: node_key).
+    node_keys: dict[str, SigningKey] = dataclasses.field(default_factory=dict)
+
+    def key_of(self, organisation: str) -> SigningKey:
+        return self.node_keys.get(organisation, self.node_key)
+
+    def trust(self, organisations: Sequence[str]) -> dict[str, str]:
+        """What an analyst's trust list says: each node's signing key id."""
+        return {o: self.key_of(o).public.key_id for o in organisations}
 
     def tls(self, name: str) -> TlsFiles:
         return TlsFiles.for_name(self.root / "certs", name)
@@ -130,11 +139,15 @@ def node_config(
     *,
     budgets: Mapping[str, tuple[float | None, float | None]] | None = None,
     threshold: int = 2,
+    privacy: PrivacyConfig | None = None,
 ) -> NodeConfig:
+    """`budgets` names the hosted datasets. Budgets are per accountant now: unless
+    `privacy` is given, the node's lifetime cap is ρ = Σ ε²/2 + Σ ρ over `budgets`
+    (what the old per-dataset figures allowed together), at most 1000."""
     base = fed.root / "nodes" / name
     key_path = base / "node.key"
     if not key_path.exists():
-        fed.node_key.save(key_path)
+        fed.key_of(name).save(key_path)
     budgets = budgets or {"ssda903": (2.0, None), "cin": (None, 1.0)}
     tls = fed.tls(name)
     return NodeConfig(
@@ -152,8 +165,13 @@ def node_config(
             ),
         ),
         clients=(ClientConfig("coordinator", "coordinator"), ClientConfig("operator", "operator")),
-        datasets=MappingProxyType(
-            {ds: DatasetConfig(epsilon=e, rho=r) for ds, (e, r) in budgets.items()}
+        datasets=MappingProxyType({ds: DatasetConfig() for ds in budgets}),
+        privacy=privacy
+        or PrivacyConfig(
+            delta=1e-6,
+            lifetime_rho=min(
+                sum((e or 0.0) ** 2 / 2 + (r or 0.0) for e, r in budgets.values()), 1000.0
+            ),
         ),
     )
 

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctessera/wire/v1/common.proto\x12\x0ftessera.wire.v1\"Q\n\x0eSignedTemplate\x12\x11\n\tcanonical\x18\x01 \x01(\x0c\x12,\n\tapprovals\x18\x02 \x03(\x0b\x32\x19.tessera.wire.v1.Approval\"3\n\x08\x41pproval\x12\x14\n\x0c\x61pprover_key\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"5\n\rSignedRequest\x12\x11\n\tcanonical\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"7\n\x0bPrivacyLoss\x12\x11\n\x07\x65psilon\x18\x01 \x01(\x01H\x00\x12\r\n\x03rho\x18\x02 \x01(\x01H\x00\x42\x06\n\x04loss\")\n\tDimension\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\"i\n\x0cReleasedCell\x12\x0e\n\x06labels\x18\x01 \x03(\t\x12\x10\n\x08\x65stimate\x18\x02 \x01(\x01\x12\x10\n\x08\x63i95_low\x18\x03 \x01(\x01\x12\x11\n\tci95_high\x18\x04 \x01(\x01\x12\x12\n\nsuppressed\x18\x05 \x01(\x08\"\x83\x01\n\x0cNoisyMeasure\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x12\x12\x10\n\x08variance\x18\x03 \x01(\x01\x12\x17\n\x0f\x63i95_half_width\x18\x04 \x01(\x01\x12\x18\n\x10\x63i975_half_width\x18\x05 \x01(\x01\x12\x10\n\x08\x64\x65\x63imals\x18\x06 \x01(\r\",\n\x0cMaskedVector\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06masked\x18\x02 \x03(\x06\"\xc4\x01\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0eschema_version\x18\x02 \x01(\r\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x16\n\x0e\x63ontent_sha256\x18\x04 \x01(\t\x12\x32\n\x0c\x62udget_total\x18\x05 \x01(\x0b\x32\x1c.tessera.wire.v1.PrivacyLoss\x12\x32\n\x0c\x62udget_spent\x18\x06 \x01(\x0b\x32\x1c.tessera.wire.v1.PrivacyLoss*q\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x11\n\rMODE_COMBINED\x10\x01\x12\x11\n\rMODE_PER_NODE\x10\x02\x12\x1b\n\x17MODE_SECURE_AGGREGATION\x10\x03\x12\x10\n\x0cMODE_OVERLAP\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctessera/wire/v1/common.proto\x12\x0ftessera.wire.v1\"Q\n\x0eSignedTemplate\x12\x11\n\tcanonical\x18\x01 \x01(\x0c\x12,\n\tapprovals\x18\x02 \x03(\x0b\x32\x19.tessera.wire.v1.Approval\"3\n\x08\x41pproval\x12\x14\n\x0c\x61pprover_key\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"5\n\rSignedRequest\x12\x11\n\tcanonical\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"7\n\x0bPrivacyLoss\x12\x11\n\x07\x65psilon\x18\x01 \x01(\x01H\x00\x12\r\n\x03rho\x18\x02 \x01(\x01H\x00\x42\x06\n\x04loss\")\n\tDimension\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\"{\n\x0cReleasedCell\x12\x0e\n\x06labels\x18\x01 \x03(\t\x12\x10\n\x08\x65stimate\x18\x02 \x01(\x01\x12\x10\n\x08\x63i95_low\x18\x03 \x01(\x01\x12\x11\n\tci95_high\x18\x04 \x01(\x01\x12\x12\n\nsuppressed\x18\x05 \x01(\x08\x12\x10\n\x08\x63overage\x18\x06 \x01(\x01\"2\n\x0eNoiseComponent\x12\x11\n\tmechanism\x18\x01 \x01(\t\x12\r\n\x05scale\x18\x02 \x01(\x01\"\xb3\x01\n\x0cNoisyMeasure\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\x12\x12\x10\n\x08variance\x18\x03 \x01(\x01\x12\x17\n\x0f\x63i95_half_width\x18\x04 \x01(\x01\x12\x18\n\x10\x63i975_half_width\x18\x05 \x01(\x01\x12\x10\n\x08\x64\x65\x63imals\x18\x06 \x01(\r\x12.\n\x05noise\x18\x07 \x03(\x0b\x32\x1f.tessera.wire.v1.NoiseComponent\",\n\x0cMaskedVector\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06masked\x18\x02 \x03(\x06\"\xf3\x02\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0eschema_version\x18\x02 \x01(\r\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x32\n\x0c\x62udget_total\x18\x05 \x01(\x0b\x32\x1c.tessera.wire.v1.PrivacyLoss\x12\x32\n\x0c\x62udget_spent\x18\x06 \x01(\x0b\x32\x1c.tessera.wire.v1.PrivacyLoss\x12\x12\n\nversion_id\x18\x07 \x01(\t\x12\x12\n\naccountant\x18\x08 \x01(\t\x12\x18\n\x10\x65psilon_at_delta\x18\t \x01(\x01\x12\r\n\x05\x64\x65lta\x18\n \x01(\x01\x12\x0e\n\x06period\x18\x0b \x01(\t\x12\x18\n\x10period_rho_total\x18\x0c \x01(\x01\x12\x18\n\x10period_rho_spent\x18\r \x01(\x01\x12\x1a\n\x12lifetime_rho_spent\x18\x0e \x01(\x01J\x04\x08\x04\x10\x05R\x0e\x63ontent_sha256*q\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x11\n\rMODE_COMBINED\x10\x01\x12\x11\n\rMODE_PER_NODE\x10\x02\x12\x1b\n\x17MODE_SECURE_AGGREGATION\x10\x03\x12\x10\n\x0cMODE_OVERLAP\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tessera.wire.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODE']._serialized_start=826
-  _globals['_MODE']._serialized_end=939
+  _globals['_MODE']._serialized_start=1119
+  _globals['_MODE']._serialized_end=1232
   _globals['_SIGNEDTEMPLATE']._serialized_start=49
   _globals['_SIGNEDTEMPLATE']._serialized_end=130
   _globals['_APPROVAL']._serialized_start=132
@@ -44,11 +44,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DIMENSION']._serialized_start=297
   _globals['_DIMENSION']._serialized_end=338
   _globals['_RELEASEDCELL']._serialized_start=340
-  _globals['_RELEASEDCELL']._serialized_end=445
-  _globals['_NOISYMEASURE']._serialized_start=448
-  _globals['_NOISYMEASURE']._serialized_end=579
-  _globals['_MASKEDVECTOR']._serialized_start=581
-  _globals['_MASKEDVECTOR']._serialized_end=625
-  _globals['_DATASETINFO']._serialized_start=628
-  _globals['_DATASETINFO']._serialized_end=824
+  _globals['_RELEASEDCELL']._serialized_end=463
+  _globals['_NOISECOMPONENT']._serialized_start=465
+  _globals['_NOISECOMPONENT']._serialized_end=515
+  _globals['_NOISYMEASURE']._serialized_start=518
+  _globals['_NOISYMEASURE']._serialized_end=697
+  _globals['_MASKEDVECTOR']._serialized_start=699
+  _globals['_MASKEDVECTOR']._serialized_end=743
+  _globals['_DATASETINFO']._serialized_start=746
+  _globals['_DATASETINFO']._serialized_end=1117
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,10 @@ Messages shared by the node and coordinator services.
 Everything a node must check for itself (the template, approver signatures,
 the analyst's request) travels as the exact bytes that were signed, so no
 party in the middle can re-serialise them into something else.
+
+Signed bodies are RFC 8785 (JCS) canonical JSON. docs/wire.md specifies every
+signed structure, domain tag and digest; protos/testvectors/wire-v1.json holds
+test vectors made with fixed keys.
 """
 
 from collections import abc as _abc
@@ -69,8 +73,9 @@ class SignedTemplate(_message.Message):
     CANONICAL_FIELD_NUMBER: _builtins.int
     APPROVALS_FIELD_NUMBER: _builtins.int
     canonical: _builtins.bytes
-    """Canonical JSON encoding of the template. SHA-256 over these bytes is the
-    template digest.
+    """RFC 8785 canonical JSON of the template. The template digest is
+    lower-case hex SHA-256("tessera/v1/template\\0" || canonical), NOT the bare
+    SHA-256 of these bytes.
     """
     @_builtins.property
     def approvals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Approval]: ...
@@ -97,7 +102,9 @@ class Approval(_message.Message):
     approver_key: _builtins.str
     """"ed25519:" followed by the hex public key."""
     signature: _builtins.bytes
-    """Ed25519 signature over the approval message for the template digest."""
+    """Ed25519 signature (64 bytes) over "tessera/v1/template-approval\\0" followed by
+    the 32 raw bytes of the template digest (not its hex).
+    """
     def __init__(
         self,
         *,
@@ -124,7 +131,12 @@ class SignedRequest(_message.Message):
     CANONICAL_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     canonical: _builtins.bytes
+    """RFC 8785 canonical JSON of the request body (docs/wire.md, "Request")."""
     signature: _builtins.bytes
+    """Ed25519 over "tessera/v1/query-request\\0" || canonical, by the key named in
+    the body's analyst_key. The request hash that answers and receipts name is
+    lower-case hex SHA-256(canonical || 0x00 || signature).
+    """
     def __init__(
         self,
         *,
@@ -203,10 +215,17 @@ class ReleasedCell(_message.Message):
     CI95_LOW_FIELD_NUMBER: _builtins.int
     CI95_HIGH_FIELD_NUMBER: _builtins.int
     SUPPRESSED_FIELD_NUMBER: _builtins.int
+    COVERAGE_FIELD_NUMBER: _builtins.int
     estimate: _builtins.float
     ci95_low: _builtins.float
     ci95_high: _builtins.float
     suppressed: _builtins.bool
+    coverage: _builtins.float
+    """The interval's guaranteed coverage, computed from the exact noise distribution:
+    at least 0.95, higher when the noise's discreteness forces a wider interval. For
+    a suppressed cell the interval is [0, U], U the upper end the largest suppressed
+    value would have had; it covers at least this often. 0 from older senders.
+    """
     @_builtins.property
     def labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """One label per dimension, in dimension order. Empty for an ungrouped statistic."""
@@ -219,14 +238,42 @@ class ReleasedCell(_message.Message):
         ci95_low: _builtins.float = ...,
         ci95_high: _builtins.float = ...,
         suppressed: _builtins.bool = ...,
+        coverage: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ci95_high", b"ci95_high", "ci95_low", b"ci95_low", "estimate", b"estimate", "labels", b"labels", "suppressed", b"suppressed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ci95_high", b"ci95_high", "ci95_low", b"ci95_low", "coverage", b"coverage", "estimate", b"estimate", "labels", b"labels", "suppressed", b"suppressed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReleasedCell: _TypeAlias = ReleasedCell  # noqa: Y015
+
+@_typing.final
+class NoiseComponent(_message.Message):
+    """One independent noise term added to every cell of a measure (one per node)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MECHANISM_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    mechanism: _builtins.str
+    """"discrete_laplace" (P(k) ∝ exp(-|k|/scale)) or "discrete_gaussian"
+    (P(k) ∝ exp(-k²/(2·scale²))), as drawn by OpenDP.
+    """
+    scale: _builtins.float
+    def __init__(
+        self,
+        *,
+        mechanism: _builtins.str = ...,
+        scale: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mechanism", b"mechanism", "scale", b"scale"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NoiseComponent: _TypeAlias = NoiseComponent  # noqa: Y015
 
 @_typing.final
 class NoisyMeasure(_message.Message):
@@ -242,19 +289,26 @@ class NoisyMeasure(_message.Message):
     CI95_HALF_WIDTH_FIELD_NUMBER: _builtins.int
     CI975_HALF_WIDTH_FIELD_NUMBER: _builtins.int
     DECIMALS_FIELD_NUMBER: _builtins.int
+    NOISE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"count" or "sum"."""
     variance: _builtins.float
     """Noise variance of each cell, in the integer units of `values`."""
     ci95_half_width: _builtins.float
-    """Half-width of a 95% interval for one cell, from OpenDP's accuracy helpers."""
+    """Half-width of a 95% interval for one cell: the smallest integer k with
+    P(|noise| <= k) >= 0.95 under the exact distribution of `noise`.
+    """
     ci975_half_width: _builtins.float
-    """Half-width at 97.5%, used for the two parts of a ratio (mean)."""
+    """The same at 97.5% (informational; a mean's interval uses both distributions)."""
     decimals: _builtins.int
     """Values are in units of 10^-decimals."""
     @_builtins.property
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Noisy integer per cell, in the domain's row-major order."""
+
+    @_builtins.property
+    def noise(self) -> _containers.RepeatedCompositeFieldContainer[Global___NoiseComponent]:
+        """The noise distribution of each cell: its independent parts. Empty from older nodes."""
 
     def __init__(
         self,
@@ -265,10 +319,11 @@ class NoisyMeasure(_message.Message):
         ci95_half_width: _builtins.float = ...,
         ci975_half_width: _builtins.float = ...,
         decimals: _builtins.int = ...,
+        noise: _abc.Iterable[Global___NoiseComponent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ci95_half_width", b"ci95_half_width", "ci975_half_width", b"ci975_half_width", "decimals", b"decimals", "name", b"name", "values", b"values", "variance", b"variance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ci95_half_width", b"ci95_half_width", "ci975_half_width", b"ci975_half_width", "decimals", b"decimals", "name", b"name", "noise", b"noise", "values", b"values", "variance", b"variance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -312,15 +367,39 @@ class DatasetInfo(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
-    CONTENT_SHA256_FIELD_NUMBER: _builtins.int
     BUDGET_TOTAL_FIELD_NUMBER: _builtins.int
     BUDGET_SPENT_FIELD_NUMBER: _builtins.int
+    VERSION_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNTANT_FIELD_NUMBER: _builtins.int
+    EPSILON_AT_DELTA_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    PERIOD_RHO_TOTAL_FIELD_NUMBER: _builtins.int
+    PERIOD_RHO_SPENT_FIELD_NUMBER: _builtins.int
+    LIFETIME_RHO_SPENT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     schema_version: _builtins.int
     version: _builtins.int
-    content_sha256: _builtins.str
+    version_id: _builtins.str
+    """An opaque identifier of the version's content, keyed with the node's secret:
+    equal for equal content at one node, revealing nothing about it.
+    """
+    accountant: _builtins.str
+    """The accountant that pays for this dataset (datasets of one population share one)."""
+    epsilon_at_delta: _builtins.float
+    """The accountant's lifetime spend as (epsilon, delta), at the operator's delta."""
+    delta: _builtins.float
+    period: _builtins.str
+    """The current allowance period ("" when the policy has none), its limit and spend (rho)."""
+    period_rho_total: _builtins.float
+    period_rho_spent: _builtins.float
+    lifetime_rho_spent: _builtins.float
     @_builtins.property
-    def budget_total(self) -> Global___PrivacyLoss: ...
+    def budget_total(self) -> Global___PrivacyLoss:
+        """The accountant's limit and spend in zCDP rho: its lifetime cap, or when it has
+        none, the current period's allowance.
+        """
+
     @_builtins.property
     def budget_spent(self) -> Global___PrivacyLoss: ...
     def __init__(
@@ -329,13 +408,20 @@ class DatasetInfo(_message.Message):
         name: _builtins.str = ...,
         schema_version: _builtins.int = ...,
         version: _builtins.int = ...,
-        content_sha256: _builtins.str = ...,
         budget_total: Global___PrivacyLoss | None = ...,
         budget_spent: Global___PrivacyLoss | None = ...,
+        version_id: _builtins.str = ...,
+        accountant: _builtins.str = ...,
+        epsilon_at_delta: _builtins.float = ...,
+        delta: _builtins.float = ...,
+        period: _builtins.str = ...,
+        period_rho_total: _builtins.float = ...,
+        period_rho_spent: _builtins.float = ...,
+        lifetime_rho_spent: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget_spent", b"budget_spent", "budget_total", b"budget_total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_spent", b"budget_spent", "budget_total", b"budget_total", "content_sha256", b"content_sha256", "name", b"name", "schema_version", b"schema_version", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accountant", b"accountant", "budget_spent", b"budget_spent", "budget_total", b"budget_total", "delta", b"delta", "epsilon_at_delta", b"epsilon_at_delta", "lifetime_rho_spent", b"lifetime_rho_spent", "name", b"name", "period", b"period", "period_rho_spent", b"period_rho_spent", "period_rho_total", b"period_rho_total", "schema_version", b"schema_version", "version", b"version", "version_id", b"version_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -6,6 +6,10 @@ Messages shared by the node and coordinator services.
 Everything a node must check for itself (the template, approver signatures,
 the analyst's request) travels as the exact bytes that were signed, so no
 party in the middle can re-serialise them into something else.
+
+Signed bodies are RFC 8785 (JCS) canonical JSON. docs/wire.md specifies every
+signed structure, domain tag and digest; protos/testvectors/wire-v1.json holds
+test vectors made with fixed keys.
 """
 
 from collections import abc as _abc

@@ -257,6 +257,8 @@ class QueryResult(_message.Message):
     PRIVACY_SPENT_FIELD_NUMBER: _builtins.int
     PER_NODE_FIELD_NUMBER: _builtins.int
     STATISTIC_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    ANSWERED_REQUEST_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     template_digest: _builtins.str
     template_id: _builtins.str
@@ -276,6 +278,20 @@ class QueryResult(_message.Message):
 
     @_builtins.property
     def per_node(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeCells]: ...
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___SignedPart]:
+        """Each contributing node's signed statement, forwarded unchanged, so the analyst
+        can check who answered what (docs/wire.md). `payload` is present only when the
+        template permits a per-node breakdown; then the combination can be recomputed.
+        """
+
+    @_builtins.property
+    def answered_request(self) -> _common_pb2.SignedRequest:
+        """Set when the parts answer an earlier request for the same question (the same
+        template, parameters, audience and mode), whose result is released again: that
+        request, so the analyst can check the statements answer it.
+        """
+
     def __init__(
         self,
         *,
@@ -291,14 +307,44 @@ class QueryResult(_message.Message):
         privacy_spent: _common_pb2.PrivacyLoss | None = ...,
         per_node: _abc.Iterable[Global___NodeCells] | None = ...,
         statistic: _builtins.str = ...,
+        parts: _abc.Iterable[Global___SignedPart] | None = ...,
+        answered_request: _common_pb2.SignedRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["privacy_spent", b"privacy_spent"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answered_request", b"answered_request", "privacy_spent", b"privacy_spent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "dimensions", b"dimensions", "mode", b"mode", "nodes", b"nodes", "per_node", b"per_node", "privacy_spent", b"privacy_spent", "query_id", b"query_id", "released", b"released", "statistic", b"statistic", "template_digest", b"template_digest", "template_id", b"template_id", "withheld_reason", b"withheld_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_request", b"answered_request", "cells", b"cells", "dimensions", b"dimensions", "mode", b"mode", "nodes", b"nodes", "parts", b"parts", "per_node", b"per_node", "privacy_spent", b"privacy_spent", "query_id", b"query_id", "released", b"released", "statistic", b"statistic", "template_digest", b"template_digest", "template_id", b"template_id", "withheld_reason", b"withheld_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QueryResult: _TypeAlias = QueryResult  # noqa: Y015
+
+@_typing.final
+class SignedPart(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANISATION_FIELD_NUMBER: _builtins.int
+    STATEMENT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    organisation: _builtins.str
+    statement: _builtins.bytes
+    signature: _builtins.bytes
+    payload: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        organisation: _builtins.str = ...,
+        statement: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        payload: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organisation", b"organisation", "payload", b"payload", "signature", b"signature", "statement", b"statement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedPart: _TypeAlias = SignedPart  # noqa: Y015
 
 @_typing.final
 class QueryEvent(_message.Message):
@@ -339,12 +385,17 @@ class QueryRecord(_message.Message):
     SUBMITTED_AT_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     analyst: _builtins.str
     submitted_at: _builtins.str
     state: _builtins.str
     @_builtins.property
     def result(self) -> Global___QueryResult: ...
+    @_builtins.property
+    def request(self) -> _common_pb2.SignedRequest:
+        """The analyst's signed request this query ran, so the result can be verified later."""
+
     def __init__(
         self,
         *,
@@ -353,10 +404,11 @@ class QueryRecord(_message.Message):
         submitted_at: _builtins.str = ...,
         state: _builtins.str = ...,
         result: Global___QueryResult | None = ...,
+        request: _common_pb2.SignedRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["analyst", b"analyst", "query_id", b"query_id", "result", b"result", "state", b"state", "submitted_at", b"submitted_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["analyst", b"analyst", "query_id", b"query_id", "request", b"request", "result", b"result", "state", b"state", "submitted_at", b"submitted_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

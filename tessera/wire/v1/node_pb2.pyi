@@ -43,14 +43,21 @@ class DescribeReply(_message.Message):
     ACCEPTED_PURPOSES_FIELD_NUMBER: _builtins.int
     NODE_KEY_FIELD_NUMBER: _builtins.int
     SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     organisation: _builtins.str
     node_key: _builtins.str
-    """"ed25519:<hex>": the key that signs this node's audit log."""
+    """"ed25519:<hex>": the key that signs this node's audit log and its answer
+    statements. Analysts never take it from here: they trust a list they hold.
+    """
     software_version: _builtins.str
     @_builtins.property
     def datasets(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.DatasetInfo]: ...
     @_builtins.property
     def accepted_purposes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Operator warnings, e.g. "tls.cert = ... expires on 2026-05-01 UTC (in 12 days)"."""
+
     def __init__(
         self,
         *,
@@ -59,10 +66,11 @@ class DescribeReply(_message.Message):
         accepted_purposes: _abc.Iterable[_builtins.str] | None = ...,
         node_key: _builtins.str = ...,
         software_version: _builtins.str = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_purposes", b"accepted_purposes", "datasets", b"datasets", "node_key", b"node_key", "organisation", b"organisation", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted_purposes", b"accepted_purposes", "datasets", b"datasets", "node_key", b"node_key", "organisation", b"organisation", "software_version", b"software_version", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -165,10 +173,23 @@ class ExecuteReply(_message.Message):
     ANSWER_FIELD_NUMBER: _builtins.int
     AUDIT_SEQ_FIELD_NUMBER: _builtins.int
     AUDIT_HASH_FIELD_NUMBER: _builtins.int
+    STATEMENT_FIELD_NUMBER: _builtins.int
+    STATEMENT_SIGNATURE_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
     organisation: _builtins.str
     audit_seq: _builtins.int
     """Sequence number and hash of the audit entry that records this answer."""
     audit_hash: _builtins.str
+    statement: _builtins.bytes
+    """The node's signed answer statement (docs/wire.md, "Answer statement"): RFC 8785
+    canonical JSON naming the request hash, answer key, dataset version, payload
+    digest and audit position. Signed with the node key under "tessera/v1/answer\\0".
+    """
+    statement_signature: _builtins.bytes
+    payload: _builtins.bytes
+    """The canonical JSON payload the statement's payload_sha256 covers: the noisy
+    measures exactly as released and stored in the node's ledger.
+    """
     @_builtins.property
     def answer(self) -> Global___Answer: ...
     def __init__(
@@ -178,10 +199,13 @@ class ExecuteReply(_message.Message):
         answer: Global___Answer | None = ...,
         audit_seq: _builtins.int = ...,
         audit_hash: _builtins.str = ...,
+        statement: _builtins.bytes = ...,
+        statement_signature: _builtins.bytes = ...,
+        payload: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "audit_hash", b"audit_hash", "audit_seq", b"audit_seq", "organisation", b"organisation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "audit_hash", b"audit_hash", "audit_seq", b"audit_seq", "organisation", b"organisation", "payload", b"payload", "statement", b"statement", "statement_signature", b"statement_signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

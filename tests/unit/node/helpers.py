@@ -62,6 +62,17 @@ def csv_to_parquet(csv_path: Path, parquet_path: Path) -> Path:
     return parquet_path
 
 
+def connect_version(db: Path) -> duckdb.DuckDBPyConnection:
+    """A published version's tables, in memory: ``db`` names ``<dataset>/v<N>.duckdb``
+    or ``.sealed``; the sealed file is opened with the test data key."""
+    from tessera.node import storage, vault
+
+    sealed = db.with_suffix(".sealed")
+    return storage.open_sealed(
+        sealed, vault.default_key(), db.parent.name, int(db.stem.removeprefix("v"))
+    )
+
+
 def query(db: Path, sql: str) -> list[tuple[object, ...]]:
-    with duckdb.connect(str(db), read_only=True) as con:
+    with connect_version(db) as con:
         return con.execute(sql).fetchall()

@@ -40,6 +40,8 @@ def test_ingest_prints_the_report_and_exits_0(
             f"episodes={files['episodes'][0]}",
             "--table",
             f"episodes={extra}",
+            "--max-refused",
+            "50",
         ]
     )
     assert args.handler(args, {}) == 0
@@ -83,3 +85,80 @@ def test_bad_arguments_are_usage_errors(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         parse(argv)
     assert info.value.code == 2
+
+
+def test_dry_run_prints_the_whole_report_and_publishes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = valid_file_set(tmp_path / "src", DATASETS["police"], rows=3)
+    data = tmp_path / "data"
+    args = parse(
+        [
+            "--data-dir",
+            str(data),
+            "--dataset",
+            "police",
+            "--table",
+            f"incidents={files['incidents'][0]}",
+            "--dry-run",
+        ]
+    )
+    assert args.handler(args, {}) == 0
+    out = capsys.readouterr().out
+    assert "dry run, nothing published" in out
+    assert "rows refused: 0.00% of rows read" in out
+    assert "3 read" in out
+    assert not list((data / "police").glob("v*"))
+
+
+def test_all_refused_and_over_threshold_exit_2_and_publish_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    bad = write_text(
+        tmp_path / "bad.csv",
+        "person_id,incident_date,incident_type\nP1,2024-01-01,NOPE\nP2,2024-01-01,NOPE\n",
+    )
+    some = write_text(
+        tmp_path / "some.csv",
+        "person_id,incident_date,incident_type\n"
+        + "".join(f"P{i},2024-01-01,YOUTH_OFFENCE\n" for i in range(9))
+        + "P9,2024-01-01,NOPE\n",
+    )
+    for path, why in ((bad, "no usable row remains"), (some, "over the threshold of 5.00%")):
+        args = parse(
+            ["--data-dir", str(data), "--dataset", "police", "--table", f"incidents={path}"]
+        )
+        assert args.handler(args, {}) == 2
+        captured = capsys.readouterr()
+        assert why in captured.err
+        assert "REFUSED, nothing published" in captured.out  # the whole report, to act on
+        assert not list((data / "police").glob("v*"))
+    args = parse(
+        [
+            "--data-dir",
+            str(data),
+            "--dataset",
+            "police",
+            "--table",
+            f"incidents={some}",
+            "--max-refused",
+            "10",
+        ]
+    )
+    assert args.handler(args, {}) == 0
+    assert (data / "police" / "v1.json").exists()
+    args = parse(
+        [
+            "--data-dir",
+            str(data),
+            "--dataset",
+            "police",
+            "--table",
+            f"incidents={some}",
+            "--max-refused",
+            "10",
+        ]
+    )
+    assert args.handler(args, {}) == 0
+    assert "unchanged: same content as version 1" in capsys.readouterr().out

@@ -10,7 +10,14 @@ import pytest
 
 from tessera.node.ingest import IngestError, Rejection, ingest_dataset
 from tessera.schemas import DATASETS, ColumnType
-from tests.unit.node.helpers import NOW, csv_to_parquet, query, valid_file_set, write_text
+from tests.unit.node.helpers import (
+    NOW,
+    connect_version,
+    csv_to_parquet,
+    query,
+    valid_file_set,
+    write_text,
+)
 
 DUCKDB_TYPES = {
     ColumnType.TEXT: "VARCHAR",
@@ -23,7 +30,7 @@ DUCKDB_TYPES = {
 
 def assert_schema(db: Path, dataset_name: str) -> None:
     dataset = DATASETS[dataset_name]
-    with duckdb.connect(str(db), read_only=True) as con:
+    with connect_version(db) as con:
         for table in dataset.tables:
             described = con.execute(f'DESCRIBE "{table.name}"').fetchall()
             assert [(r[0], r[1]) for r in described] == [
@@ -40,7 +47,7 @@ def test_each_dataset_ingests_a_valid_file_set(tmp_path: Path, name: str, fmt: s
         files = {
             t: [csv_to_parquet(p, p.with_suffix(".parquet")) for p in ps] for t, ps in files.items()
         }
-    report = ingest_dataset(dataset, files, tmp_path / "data", NOW)
+    report = ingest_dataset(dataset, files, tmp_path / "data", NOW, max_refused_share=1.0)
     assert report.rejections == []
     assert {t: (c.rows_loaded, c.rows_rejected) for t, c in report.tables.items()} == {
         t.name: (7, 0) for t in dataset.tables
@@ -62,7 +69,9 @@ def test_health_values(tmp_path: Path) -> None:
         4010232137,03/01/25,4,1,perhaps,,0
         """,
     )
-    report = ingest_dataset(DATASETS["health"], {"ed_attendances": [src]}, tmp_path / "data", NOW)
+    report = ingest_dataset(
+        DATASETS["health"], {"ed_attendances": [src]}, tmp_path / "data", NOW, max_refused_share=1.0
+    )
     assert report.rejections == [
         Rejection(str(src), 4, "age_years", "out of range"),
         Rejection(str(src), 5, "injury", "not a yes/no value"),
@@ -87,7 +96,7 @@ def test_typed_parquet_reports_rows_by_position(tmp_path: Path) -> None:
         )
     files = valid_file_set(tmp_path / "src", DATASETS["cin"])
     files["children"] = [children]
-    report = ingest_dataset(DATASETS["cin"], files, tmp_path / "data", NOW)
+    report = ingest_dataset(DATASETS["cin"], files, tmp_path / "data", NOW, max_refused_share=1.0)
     assert report.rejections == [
         Rejection(str(children), 3, "sex", "unknown code"),
         Rejection(str(children), 4, "dob", "required value missing"),
@@ -106,7 +115,9 @@ def test_a_table_may_have_several_files_of_either_kind(tmp_path: Path) -> None:
     first = valid_file_set(tmp_path / "a", police, rows=3)["incidents"][0]
     second = valid_file_set(tmp_path / "b", police, rows=4)["incidents"][0]
     third = csv_to_parquet(second, tmp_path / "c.parquet")
-    report = ingest_dataset(police, {"incidents": [first, second, third]}, tmp_path / "data", NOW)
+    report = ingest_dataset(
+        police, {"incidents": [first, second, third]}, tmp_path / "data", NOW, max_refused_share=1.0
+    )
     assert report.tables["incidents"].rows_loaded == 11
 
 
@@ -114,7 +125,7 @@ def test_optional_tables_may_be_left_out(tmp_path: Path) -> None:
     education = DATASETS["education"]
     files = valid_file_set(tmp_path / "src", education)
     del files["exclusions"]
-    report = ingest_dataset(education, files, tmp_path / "data", NOW)
+    report = ingest_dataset(education, files, tmp_path / "data", NOW, max_refused_share=1.0)
     assert report.tables["exclusions"].rows_loaded == 0
     assert query(tmp_path / "data/education/v1.duckdb", "SELECT count(*) FROM exclusions") == [(0,)]
 
@@ -125,7 +136,9 @@ def test_windows_1252_files_are_read(tmp_path: Path) -> None:
         "person_id,incident_date,incident_type\r\nZoë-1,01/02/2024,missing_episode\r\n",
         encoding="cp1252",
     )
-    report = ingest_dataset(DATASETS["police"], {"incidents": [src]}, tmp_path / "data", NOW)
+    report = ingest_dataset(
+        DATASETS["police"], {"incidents": [src]}, tmp_path / "data", NOW, max_refused_share=1.0
+    )
     assert report.notes == [f"{src}: not UTF-8, read as Windows-1252"]
     db = tmp_path / "data" / "police" / "v1.duckdb"
     assert query(db, "SELECT person_id, incident_type FROM incidents") == [
@@ -139,7 +152,9 @@ def test_utf8_bom_and_quoted_fields(tmp_path: Path) -> None:
         "\ufeffperson_id,incident_date,incident_type,notes\n"
         '"P,1",2024-02-01,YOUTH_OFFENCE,"a ""quoted"" note"\n'.encode()
     )
-    report = ingest_dataset(DATASETS["police"], {"incidents": [src]}, tmp_path / "data", NOW)
+    report = ingest_dataset(
+        DATASETS["police"], {"incidents": [src]}, tmp_path / "data", NOW, max_refused_share=1.0
+    )
     assert report.ignored_columns == {str(src): ["notes"]}
     assert query(tmp_path / "data/police/v1.duckdb", "SELECT person_id FROM incidents") == [
         ("P,1",)
@@ -149,8 +164,11 @@ def test_utf8_bom_and_quoted_fields(tmp_path: Path) -> None:
 def test_rejections_beyond_the_limit_are_counted_not_listed(tmp_path: Path) -> None:
     lines = ["person_id,incident_date,incident_type"]
     lines += [f"P{i},2024-02-01,NOT_A_TYPE" for i in range(1500)]
+    lines.append("P9999,2024-02-01,YOUTH_OFFENCE")  # one usable row, so it publishes
     src = write_text(tmp_path / "incidents.csv", "\n".join(lines) + "\n")
-    report = ingest_dataset(DATASETS["police"], {"incidents": [src]}, tmp_path / "data", NOW)
+    report = ingest_dataset(
+        DATASETS["police"], {"incidents": [src]}, tmp_path / "data", NOW, max_refused_share=1.0
+    )
     assert report.tables["incidents"].rows_rejected == 1500
     assert len(report.rejections) == 1000
     assert report.rejections_not_listed == 500
@@ -169,7 +187,9 @@ def test_large_file_crosses_batches(tmp_path: Path) -> None:
         else:
             lines.append(f"P{i},2024-02-01,youth_offence")
     src = write_text(tmp_path / "incidents.csv", "\n".join(lines) + "\n")
-    report = ingest_dataset(DATASETS["police"], {"incidents": [src]}, tmp_path / "data", NOW)
+    report = ingest_dataset(
+        DATASETS["police"], {"incidents": [src]}, tmp_path / "data", NOW, max_refused_share=1.0
+    )
     # Line of row i is i + 2; the multi-line record shifts everything after it by one.
     assert [r.line for r in report.rejections] == [9, 10_009, 20_009, 30_010, 40_010]
     assert report.tables["incidents"].rows_loaded == 45_000 - 5
@@ -202,7 +222,7 @@ def test_request_and_file_problems_write_nothing(
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     paths = {t: [tmp_path / p for p in ps] for t, ps in files.items()}
     with pytest.raises(IngestError) as info:
-        ingest_dataset(ssda903, paths, tmp_path / "data", NOW)
+        ingest_dataset(ssda903, paths, tmp_path / "data", NOW, max_refused_share=1.0)
     assert message in str(info.value)
     assert not (tmp_path / "data" / "ssda903").exists()
 
@@ -234,7 +254,9 @@ def test_trailing_empty_fields_and_blank_lines_are_tolerated(tmp_path: Path) -> 
         "\n"  # 5
         "P3,2024-02-01\n",  # 6
     )
-    report = ingest_dataset(DATASETS["police"], {"incidents": [src]}, tmp_path / "data", NOW)
+    report = ingest_dataset(
+        DATASETS["police"], {"incidents": [src]}, tmp_path / "data", NOW, max_refused_share=1.0
+    )
     assert report.tables["incidents"].rows_loaded == 1
     assert report.rejections == [
         Rejection(str(src), 4, None, "expected 3 fields, found 4"),
@@ -249,7 +271,13 @@ def test_parquet_timestamps_load_as_dates(tmp_path: Path) -> None:
             "COPY (SELECT 'P1' AS person_id, TIMESTAMP '2024-02-01 13:14:15' AS incident_date, "
             f"'youth_offence' AS incident_type) TO '{incidents}' (FORMAT parquet)"
         )
-    ingest_dataset(DATASETS["police"], {"incidents": [incidents]}, tmp_path / "data", NOW)
+    ingest_dataset(
+        DATASETS["police"],
+        {"incidents": [incidents]},
+        tmp_path / "data",
+        NOW,
+        max_refused_share=1.0,
+    )
     assert query(tmp_path / "data/police/v1.duckdb", "SELECT * FROM incidents") == [
         ("P1", None, date(2024, 2, 1), "YOUTH_OFFENCE")
     ]

@@ -71,6 +71,8 @@ def test_two_digit_year_is_never_in_the_future(yy: int, now_year: int) -> None:
         ("01-02-2003", date(2003, 2, 1)),
         ("01.02.2003", date(2003, 2, 1)),
         ("01/02/2003 00:00", date(2003, 2, 1)),
+        ("43831", date(2020, 1, 1)),  # an Excel serial number
+        ("43831.0", date(2020, 1, 1)),
     ],
 )
 def test_known_dates(text: str, expected: date) -> None:
@@ -90,7 +92,8 @@ def test_known_dates(text: str, expected: date) -> None:
         "01/02/020",
         "2020/01/02",
         "20200102",
-        "43831",  # an Excel serial number
+        "123",  # an Excel serial number before 1901
+        "73416",  # an Excel serial number after 2099
         "١٢/٠٣/٢٠٢٠",  # non-ASCII digits
         "01/02/2020 junk",
         "",

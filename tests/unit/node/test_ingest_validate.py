@@ -120,7 +120,8 @@ def test_headers_match_ignoring_case_and_spaces() -> None:
     header = [" child ", "Decom", "L S", "cin", "PLACE", "la", "YEAR", ""]
     m = map_header(EPISODES, header)
     assert m.positions == {"CHILD": 0, "DECOM": 1, "LS": 2, "CIN": 3, "PLACE": 4}
-    assert m.ignored == ["la", "YEAR", "column 8 (name not shown)"]
+    assert m.ignored == ["la", "column 8 (name not shown)"]
+    assert m.extra == {"YEAR": 6}
     assert m.problems == []
     assert "DEC" in m.absent and "CHILD" not in m.absent
 

@@ -1,4 +1,5 @@
-"""The ledger's running totals always equal the sum over its releases."""
+"""The ledger's running totals: per accountant, in zCDP ρ composed by OpenDP, for the
+lifetime and per period; checked and paid inside the one write transaction."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pytest
 from tessera.clock import FixedClock
 from tessera.errors import Refusal
 from tessera.keys import SigningKey
-from tessera.node.ledger import Ledger, NewRelease, RequestRecord
+from tessera.node import privacy
+from tessera.node.config import Policy
+from tessera.node.ledger import Ledger, LedgerSchemaError, NewRelease, RequestRecord, period_of
 
 BODY = {
     "actor": None,
@@ -22,43 +25,114 @@ BODY = {
     "outcome": "OK",
     "message": "",
 }
+CHILDREN = "population:children"
 
 
-def _release(i: int, cost: float, kind: str = "epsilon") -> NewRelease:
-    return NewRelease(f"a{i}", "ssda903", 1, "d" * 64, {"i": i}, kind, cost, b"{}")
+def _release(
+    i: int, cost: float, kind: str = "epsilon", dataset: str = "ssda903", version: int = 1
+) -> NewRelease:
+    rho = privacy.pure_to_rho(cost) if kind == "epsilon" else cost
+    return NewRelease(
+        f"a{i}", dataset, version, "d" * 64, {"i": i}, kind, cost, b"{}", CHILDREN, rho
+    )
 
 
 def _req(i: int) -> RequestRecord:
     return RequestRecord(f"request-{i:04d}", f"h{i}", "ed25519:x", f"{i:032x}")
 
 
-def _sum(path: Path, kind: str) -> float:
+def _rows(path: Path) -> list[float]:
     with sqlite3.connect(path) as con:
-        return float(
-            con.execute(
-                "SELECT coalesce(sum(cost), 0) FROM releases WHERE kind = ?", (kind,)
-            ).fetchone()[0]
-        )
+        return [float(r[0]) for r in con.execute("SELECT rho FROM releases")]
 
 
-def test_running_total_matches_releases_and_survives_reopen(tmp_path: Path) -> None:
+def test_running_total_is_the_composition_of_releases_and_survives_reopen(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "ledger.sqlite"
     key = SigningKey.generate()
     clock = FixedClock(datetime(2026, 1, 1, tzinfo=UTC))
+    policy = Policy(CHILDREN, 2.0, None, None)
     ledger = Ledger(path, key, clock)
-    for i in range(8):  # 8 x 0.25 fills the budget of 2.0
-        ledger.commit(_req(i), f"a{i}", _release(i, 0.25), 2.0, dict(BODY))
+    for i in range(8):  # 8 x rho 0.25 (epsilon 0.5 as zCDP is rho 0.125) fills rho 2.0
+        ledger.commit(_req(i), f"a{i}", _release(i, 0.25, "rho"), policy, dict(BODY))
     with pytest.raises(Refusal) as err:
-        ledger.commit(_req(99), "a99", _release(99, 0.25), 2.0, dict(BODY))
+        ledger.commit(_req(99), "a99", _release(99, 0.25, "rho"), policy, dict(BODY))
     assert err.value.code == "RESOURCE_EXHAUSTED"
-    # A cached answer and a rho release leave the epsilon total alone.
-    ledger.commit(_req(100), "a3", None, 2.0, dict(BODY))
-    ledger.commit(_req(101), "r1", _release(101, 0.1, "rho"), 1.0, dict(BODY))
-    assert ledger.spent("ssda903", 1, "epsilon") == pytest.approx(2.0)
-    assert ledger.spent("ssda903", 1, "epsilon") == pytest.approx(_sum(path, "epsilon"))
-    assert ledger.spent("ssda903", 1, "rho") == pytest.approx(_sum(path, "rho"))
-    assert ledger.spent("ssda903", 2, "epsilon") == 0.0
+    assert "lifetime" in err.value.message and CHILDREN in err.value.message
+    # A cached answer costs nothing.
+    ledger.commit(_req(100), "a3", None, policy, dict(BODY))
+    spend = ledger.accountant_spend(policy)
+    assert spend.lifetime_rho == pytest.approx(2.0)
+    assert spend.lifetime_rho == pytest.approx(privacy.compose_rho(_rows(path)))
+    # The declared figures are kept per dataset version too (for the record).
+    assert ledger.spent("ssda903", 1, "rho") == pytest.approx(2.0)
     ledger.close()
     again = Ledger(path, key, clock)
-    assert again.spent("ssda903", 1, "epsilon") == pytest.approx(2.0)
+    assert again.accountant_spend(policy).lifetime_rho == pytest.approx(2.0)
     again.close()
+
+
+def test_a_new_version_and_another_dataset_draw_on_the_same_total(tmp_path: Path) -> None:
+    clock = FixedClock(datetime(2026, 1, 1, tzinfo=UTC))
+    policy = Policy(CHILDREN, 1.0, None, None)
+    ledger = Ledger(tmp_path / "l.sqlite", SigningKey.generate(), clock)
+    ledger.commit(_req(1), "a1", _release(1, 0.4, "rho", "ssda903", 1), policy, dict(BODY))
+    ledger.commit(_req(2), "a2", _release(2, 0.4, "rho", "ssda903", 2), policy, dict(BODY))
+    with pytest.raises(Refusal):  # cin is the same children: 0.4 more would exceed 1.0
+        ledger.commit(_req(3), "a3", _release(3, 0.4, "rho", "cin", 1), policy, dict(BODY))
+    assert ledger.accountant_spend(policy).lifetime_rho == pytest.approx(0.8)
+    ledger.close()
+
+
+def test_period_allowance_and_lifetime_cap(tmp_path: Path) -> None:
+    clock = FixedClock(datetime(2026, 3, 30, tzinfo=UTC))
+    policy = Policy(CHILDREN, 1.0, "financial_year", 0.5)
+    ledger = Ledger(tmp_path / "l.sqlite", SigningKey.generate(), clock, period="financial_year")
+    ledger.commit(_req(1), "a1", _release(1, 0.5, "rho"), policy, dict(BODY))
+    with pytest.raises(Refusal) as err:  # the 2025-26 allowance is used up
+        ledger.commit(_req(2), "a2", _release(2, 0.1, "rho"), policy, dict(BODY))
+    assert "FY2025-26 allowance" in err.value.message
+    clock.advance(datetime(2026, 4, 1, tzinfo=UTC) - clock.now())  # a new financial year
+    ledger.commit(_req(3), "a3", _release(3, 0.5, "rho"), policy, dict(BODY))
+    clock.advance(datetime(2027, 4, 1, tzinfo=UTC) - clock.now())
+    with pytest.raises(Refusal) as err:  # a fresh allowance, but the lifetime cap holds
+        ledger.commit(_req(4), "a4", _release(4, 0.1, "rho"), policy, dict(BODY))
+    assert "lifetime" in err.value.message
+    spend = ledger.accountant_spend(policy)
+    assert (spend.lifetime_rho, spend.period, spend.period_rho) == (1.0, "FY2027-28", 0.0)
+    ledger.close()
+
+
+def test_period_labels() -> None:
+    assert period_of("financial_year", datetime(2026, 3, 31, 23, tzinfo=UTC)) == "FY2025-26"
+    assert period_of("financial_year", datetime(2026, 4, 1, tzinfo=UTC)) == "FY2026-27"
+    assert period_of("calendar_year", datetime(2026, 4, 1, tzinfo=UTC)) == "2026"
+    assert period_of("month", datetime(2026, 4, 1, tzinfo=UTC)) == "2026-04"
+    assert period_of(None, datetime(2026, 4, 1, tzinfo=UTC)) is None
+
+
+_OLD_SCHEMA = (
+    """CREATE TABLE releases (answer_key TEXT PRIMARY KEY, dataset TEXT NOT NULL,
+    version INTEGER NOT NULL, template_digest TEXT NOT NULL, params TEXT NOT NULL,
+    kind TEXT NOT NULL, cost REAL NOT NULL, payload BLOB NOT NULL, created TEXT NOT NULL)""",
+    "INSERT INTO releases VALUES ('k1', 'ssda903', 1, 'd', '{}', 'epsilon', 2.0, x'7b7d', "
+    "'2026-01-01T00:00:00.000000Z')",
+    "INSERT INTO releases VALUES ('k2', 'cin', 1, 'd', '{}', 'rho', 0.5, x'7b7d', "
+    "'2026-01-01T00:00:00.000000Z')",
+)
+
+
+def test_an_old_ledger_is_migrated_keeping_every_spend_or_refused(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as con:
+        for stmt in _OLD_SCHEMA:
+            con.execute(stmt)
+    key, clock = SigningKey.generate(), FixedClock(datetime(2026, 1, 2, tzinfo=UTC))
+    with pytest.raises(LedgerSchemaError, match="predates per-population accountants"):
+        Ledger(path, key, clock)
+    ledger = Ledger(path, key, clock, accountant_of=lambda d: CHILDREN)
+    # epsilon 2 as zCDP is rho 2, plus rho 0.5: both datasets are the same children.
+    spend = ledger.accountant_spend(Policy(CHILDREN, 10.0, None, None))
+    assert spend.lifetime_rho == pytest.approx(2.5)
+    ledger.close()

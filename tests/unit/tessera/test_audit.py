@@ -130,7 +130,8 @@ def test_entry_format_is_as_documented(tmp_path: Path, key: SigningKey, clock: F
 
     head = json.loads((tmp_path / "audit.db.head").read_bytes())
     assert head["seq"] == 2 and head["hash"] == h2
-    msg = canonical.encode({"hash": h2, "seq": 2})
+    assert head["time"] == "2026-03-01T09:00:00.000000Z"
+    msg = canonical.encode({"hash": h2, "seq": 2, "time": head["time"]})
     assert key.public.verify(keys.AUDIT_HEAD, msg, bytes.fromhex(head["signature"]))
 
 
@@ -349,8 +350,9 @@ def test_head_missing_forged_or_mismatched(log12: Path, key: SigningKey) -> None
 
     # A head signed by the right key for a different chain (log rewritten wholesale).
     other_hash = "ab" * 32
-    sig = key.sign(keys.AUDIT_HEAD, audit.head_message(N, other_hash)).hex()
-    head.write_text(json.dumps({"hash": other_hash, "seq": N, "signature": sig}))
+    when = "2026-03-01T09:00:00.000000Z"
+    sig = key.sign(keys.AUDIT_HEAD, audit.head_message(N, other_hash, when)).hex()
+    head.write_text(json.dumps({"hash": other_hash, "seq": N, "signature": sig, "time": when}))
     assert "does not have the hash the head records" in problems_text(verify(log12, key.public))
 
     head.write_bytes(original)
@@ -717,3 +719,197 @@ def test_cli_show_escapes_markup(
         log.append(body(0, actor="[bold red]mallory[/]"))
     assert cli_main(["audit", "show", str(db)], {}) == 0
     assert "[bold red]mallory[/]" in capsys.readouterr().out
+
+
+# -- anchored audit: batched heads for free entries, timestamps, coordinator receipts --
+
+
+def test_free_entries_are_covered_by_a_head_before_ensure_head_returns(
+    tmp_path: Path, key: SigningKey, clock: FixedClock
+) -> None:
+    """The node commits free answers without writing a head itself; ensure_head must
+    cover them, so deleting the newest entries is caught by the head alone."""
+    conn, lock = _shared(tmp_path)
+    log = AuditLog.on_connection(conn, lock, key, clock)
+    seqs = []
+    for i in range(5):
+        with lock:
+            conn.execute("BEGIN IMMEDIATE")
+            seqs.append(log.append_tx(body(i)).seq)
+            conn.commit()
+        log.ensure_head(seqs[-1])
+    head = json.loads(log.head_path.read_bytes())
+    assert head["seq"] == 5 and head["time"] == "2026-03-01T09:00:00.000000Z"
+    db = tmp_path / "node.db"
+    assert verify(db, key.public).ok
+    conn.close()
+    tamper(db, ("DELETE FROM audit WHERE seq >= 4", ()))
+    assert "log truncated: the head records entry 5" in problems_text(verify(db, key.public))
+
+
+def test_waiting_committers_share_head_writes(
+    tmp_path: Path, key: SigningKey, clock: FixedClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn, lock = _shared(tmp_path)
+    log = AuditLog.on_connection(conn, lock, key, clock)
+    writes: list[int] = []
+    real = audit._write_atomic
+    gate = threading.Event()
+
+    def slow_write(path: Path, data: bytes, *, durable: bool = True) -> None:
+        writes.append(json.loads(data)["seq"])
+        gate.wait(timeout=5)  # the first head write is slow: others commit meanwhile
+        real(path, data, durable=durable)
+
+    monkeypatch.setattr(audit, "_write_atomic", slow_write)
+    n = 16
+    done = threading.Barrier(n + 1)
+
+    def commit_one(i: int) -> None:
+        with lock:
+            conn.execute("BEGIN IMMEDIATE")
+            seq = log.append_tx(body(i)).seq
+            conn.commit()
+        done.wait(timeout=10)
+        log.ensure_head(seq)
+
+    threads = [threading.Thread(target=commit_one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    done.wait(timeout=10)
+    gate.set()
+    for t in threads:
+        t.join(timeout=10)
+    # Every commit is covered, by far fewer head writes than commits.
+    assert json.loads(log.head_path.read_bytes())["seq"] == n
+    assert len(writes) <= 2, writes
+    conn.close()
+
+
+def _coordinator_log(path: Path, key: SigningKey, node_db: Path, org: str) -> None:
+    """A coordinator log holding a receipt for every answer entry of the node's log."""
+    entries = audit.read_entries(node_db)
+    with AuditLog.open(path, key, FixedClock(T0)) as log:
+        for e in entries:
+            f = e.fields()
+            receipt = {"seq": e.seq, "hash": e.hash, "payload_sha256": f["payload_sha256"]}
+            log.append(body(e.seq, receipts={org: receipt}))
+
+
+def _node_log(path: Path, key: SigningKey, n: int, start: int = 0) -> None:
+    with AuditLog.open(path, key, FixedClock(T0)) as log:
+        for i in range(start, start + n):
+            log.append(body(i, payload_sha256=f"{i:064x}"))
+
+
+@pytest.fixture
+def anchored(tmp_path: Path, key: SigningKey) -> tuple[Path, Path, SigningKey]:
+    """A node log of 12 answers and a backup copy taken after 8, plus the coordinator's
+    receipts for all 12."""
+    node_db = tmp_path / "node" / "ledger.sqlite"
+    node_db.parent.mkdir()
+    _node_log(node_db, key, 8)
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    for f in node_db.parent.iterdir():
+        shutil.copy2(f, backup / f.name)
+    _node_log(node_db, key, 4, start=8)
+    coordinator_key = SigningKey.generate()
+    coordinator_db = tmp_path / "coordinator.db"
+    _coordinator_log(coordinator_db, coordinator_key, node_db, "Leeds")
+    return node_db, coordinator_db, coordinator_key
+
+
+def _against(node_db: Path, key: SigningKey, coordinator_db: Path, ck: SigningKey) -> str:
+    theirs, receipts = audit.receipts(coordinator_db, ck.public, "Leeds")
+    assert theirs.ok and len(receipts) == 12
+    result = verify(node_db, key.public, against=receipts)
+    return "" if result.ok else problems_text(result)
+
+
+def test_a_node_log_matches_the_coordinators_receipts(
+    anchored: tuple[Path, Path, SigningKey], key: SigningKey
+) -> None:
+    node_db, coordinator_db, ck = anchored
+    assert _against(node_db, key, coordinator_db, ck) == ""
+
+
+def test_a_log_restored_from_an_older_copy_is_caught_only_by_the_receipts(
+    anchored: tuple[Path, Path, SigningKey], key: SigningKey
+) -> None:
+    node_db, coordinator_db, ck = anchored
+    backup = node_db.parent.parent / "backup"
+    for f in node_db.parent.iterdir():
+        f.unlink()
+    for f in backup.iterdir():
+        shutil.copy2(f, node_db.parent / f.name)
+    # The old copy and its own head are self-consistent...
+    assert verify(node_db, key.public).ok
+    # ...but the coordinator holds receipts the restored log never had.
+    text = _against(node_db, key, coordinator_db, ck)
+    assert "log restored from an older copy or truncated" in text
+    assert "4 receipt(s) past the end of this log (entry 12" in text
+    assert "ends at entry 8" in text
+
+
+def test_deleting_the_last_entries_is_caught_alone_and_against_the_coordinator(
+    anchored: tuple[Path, Path, SigningKey], key: SigningKey
+) -> None:
+    node_db, coordinator_db, ck = anchored
+    tamper(node_db, ("DELETE FROM audit WHERE seq > 10", ()))
+    assert "log truncated: the head records entry 12" in problems_text(verify(node_db, key.public))
+    text = _against(node_db, key, coordinator_db, ck)
+    assert "2 receipt(s) past the end of this log" in text
+
+
+def test_editing_an_entry_is_caught_alone_and_against_the_coordinator(
+    anchored: tuple[Path, Path, SigningKey], key: SigningKey
+) -> None:
+    node_db, coordinator_db, ck = anchored
+    b, _, _, _ = row(node_db, 5)
+    edited = canonical.encode({**canonical.decode(b), "payload_sha256": "e" * 64})
+    tamper(node_db, ("UPDATE audit SET body = ? WHERE seq = 5", (edited,)))
+    assert "entry 5: body does not match its hash (edited)" in problems_text(
+        verify(node_db, key.public)
+    )
+    assert "entry 5 records another payload than the node's signed answer" in _against(
+        node_db, key, coordinator_db, ck
+    )
+
+
+def test_a_rewritten_tail_is_caught_against_the_coordinator(
+    tmp_path: Path, key: SigningKey
+) -> None:
+    """The node's key holder rewrites the last entries (new chain, new head): only the
+    coordinator's receipts, signed with another key, can tell."""
+    node_db = tmp_path / "n" / "ledger.sqlite"
+    node_db.parent.mkdir()
+    _node_log(node_db, key, 6)
+    ck = SigningKey.generate()
+    coordinator_db = tmp_path / "c.db"
+    _coordinator_log(coordinator_db, ck, node_db, "Leeds")
+    tamper(node_db, ("DELETE FROM audit WHERE seq > 3", ()))
+    with AuditLog.open(node_db, key, FixedClock(T0)) as log:
+        for i in range(3):
+            log.append(body(100 + i, payload_sha256="f" * 64))
+    assert verify(node_db, key.public).ok
+    _, receipts = audit.receipts(coordinator_db, ck.public, "Leeds")
+    text = problems_text(verify(node_db, key.public, against=receipts))
+    for seq in (4, 5, 6):
+        assert f"entry {seq} does not have the hash the coordinator's receipt records" in text
+
+
+def test_cli_verify_against_the_coordinator(
+    anchored: tuple[Path, Path, SigningKey],
+    key: SigningKey,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    node_db, coordinator_db, ck = anchored
+    args = ["audit", "verify", str(node_db), "--key", key.public.key_id]
+    against = ["--against", str(coordinator_db), "--node", "Leeds"]
+    assert cli_main([*args, *against, "--coordinator-key", ck.public.key_id], {}) == 0
+    assert "12 receipts for Leeds" in capsys.readouterr().out
+    assert cli_main([*args, *against], {}) == 2
+    tamper(node_db, ("DELETE FROM audit WHERE seq > 10", ()))
+    assert cli_main([*args, *against, "--coordinator-key", ck.public.key_id], {}) == 1
+    assert "receipt(s) past the end of this log" in capsys.readouterr().out

@@ -46,14 +46,15 @@ def test_rows_csv_and_the_demo_json_shape(tmp_path: Path) -> None:
         "estimate": 12.0,
         "ci95_low": 8.0,
         "ci95_high": 16.0,
+        "coverage": 0.95,
         "suppressed": False,
     }
     text = r.to_csv(tmp_path / "out.csv")
     assert (tmp_path / "out.csv").read_text() == text
     assert text.splitlines() == [
-        "age,place,estimate,ci95_low,ci95_high,suppressed",
-        "0-4,Foster,12.0,8.0,16.0,False",
-        "5+,Foster,0.0,0.0,5.0,True",
+        "age,place,estimate,ci95_low,ci95_high,coverage,suppressed",
+        "0-4,Foster,12.0,8.0,16.0,0.95,False",
+        "5+,Foster,0.0,0.0,5.0,0.95,True",
     ]
     assert r.to_json_dict() == {
         "template": "cla",
@@ -66,12 +67,14 @@ def test_rows_csv_and_the_demo_json_shape(tmp_path: Path) -> None:
                 "key": {"age": "0-4", "place": "Foster"},
                 "estimate": 12.0,
                 "ci95": [8.0, 16.0],
+                "coverage": 0.95,
                 "suppressed": False,
             },
             {
                 "key": {"age": "5+", "place": "Foster"},
                 "estimate": 0.0,
                 "ci95": [0.0, 5.0],
+                "coverage": 0.95,
                 "suppressed": True,
             },
         ],
@@ -94,6 +97,7 @@ def test_per_node_rows_say_whose_cell() -> None:
                     "key": {"age": "0-4", "place": "Foster"},
                     "estimate": 12.0,
                     "ci95": [8.0, 16.0],
+                    "coverage": 0.95,
                     "suppressed": False,
                 }
             ],

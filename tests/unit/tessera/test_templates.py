@@ -31,7 +31,7 @@ from tessera.templates import (
     load_toml,
     parse_canonical,
 )
-from tessera.templates.model import DateParam, IntParam
+from tessera.templates.model import BandsDim, CategoriesDim, Choice, DateParam, IntParam
 from tessera.templates.params import _quote, to_json
 from tessera.templates.parse import parse, to_dict
 
@@ -150,6 +150,7 @@ RICH_REFERRALS: dict[str, Any] = {
             "column": "sex",
             "categories": [{"label": "Male", "codes": ["1"]}],
             "other": "Not male",
+            "unknown": "Sex not recorded",
         },
         {
             "name": "age",
@@ -160,6 +161,7 @@ RICH_REFERRALS: dict[str, Any] = {
             ],
             "birth_column": "dob",
             "at": "census",
+            "unknown": "Age not recorded",
         },
         {
             "name": "month",
@@ -169,7 +171,12 @@ RICH_REFERRALS: dict[str, Any] = {
             "last": "2024-01",
         },
     ],
-    "statistic": {"kind": "count_units", "max_cells_per_unit": 2},
+    "statistic": {
+        "kind": "count_units",
+        "max_cells_per_unit": 2,
+        "choose": "latest",
+        "by": "referral_date",
+    },
     "privacy": {"rho": 0.25},
     "output": {"min_count": 10, "round_to": 5},
     "access": {
@@ -273,8 +280,11 @@ def test_reference_templates_load() -> None:
     assert {REFERENCE_1.name, REFERENCE_2.name} <= names
     t1, t2 = example(REFERENCE_1), example(REFERENCE_2)
     assert (t1.dataset, t1.source, t1.privacy_unit) == ("ssda903", "episodes", "CHILD")
-    assert t1.shape == (5, 4)
+    assert t1.shape == (6, 4)
+    assert t1.group_by[0].labels[-1] == "Age not recorded"
     assert t1.group_by[1].labels == ("Fostering", "Residential", "Supported", "Other")
+    # Stock on a date: the latest-starting episode decides a child's cell.
+    assert (t1.statistic.choose, t1.statistic.by) == (Choice.LATEST, "DECOM")
     assert t1.privacy.epsilon == 0.5 and t1.privacy.rho is None
     assert t1.parameter("on_date") == DateParam(
         "on_date", date(2015, 3, 31), date(2026, 3, 31), "The date on which children are counted."
@@ -350,6 +360,9 @@ _ALL_COLUMNS = sorted(
 )
 
 
+_CHOICES = [c.value for c in Choice]
+
+
 def _alternatives(v: Any) -> list[Any]:
     """Values to try in place of one leaf; the first that still parses is used."""
     if isinstance(v, bool):
@@ -367,7 +380,7 @@ def _alternatives(v: Any) -> list[Any]:
         return [f"{(k + i) // 12:04d}-{(k + i) % 12 + 1:02d}" for i in (1, -1)]
     if v.startswith("ed25519:"):
         return ["ed25519:" + "12" * 32]
-    return [v + "x", v[:-1], *schemas.PURPOSES, *_ALL_COLUMNS, *_ALL_CODES]
+    return [v + "x", v[:-1], *schemas.PURPOSES, *_ALL_COLUMNS, *_ALL_CODES, *_CHOICES]
 
 
 # Leaves that a single change cannot always alter while keeping the template valid:
@@ -430,7 +443,9 @@ min_count = 5
 epsilon = 5e-1
 
 [statistic]
+by = "DECOM"
 max_cells_per_unit = 1
+choose = 'latest'
 kind = "count_units"
 
 [parameters.on_date]
@@ -453,6 +468,7 @@ kind = "active_on"
 
 [[group_by]]
 at = "on_date"
+unknown = "Age not recorded"
 birth_column = "DOB"
 kind = "bands"
 name = "age_bracket"
@@ -556,7 +572,8 @@ NON_CANONICAL: dict[str, Callable[[bytes], bytes]] = {
     ).encode(),
     "escaped space": lambda b: b.replace(b"Children Act", b"Children\\u0020Act", 1),
     "duplicate key": lambda b: b[:1] + b'"id":"x",' + b[1:],
-    "epsilon as an integer": lambda b: _with(b, lambda d: d["privacy"].update(epsilon=1)),
+    # RFC 8785 writes a number in its shortest form: 1.50 (or 1.0 for 1) is not canonical.
+    "epsilon with a trailing zero": lambda b: b.replace(b'"epsilon":1.5', b'"epsilon":1.50'),
     "default description left out": lambda b: _with(b, lambda d: d.pop("description")),
     "default filters left out": lambda b: _with(b, lambda d: d.pop("filters")),
     "not utf-8": lambda b: b.replace("é".encode(), "é".encode("latin-1"), 1),
@@ -967,6 +984,84 @@ UNSAFE: dict[str, tuple[Edit, str]] = {
         "group_by[0].name",
     ),
     "dimension name in upper case": (_dims({**_bands(1), "name": "Age"}), "group_by[0].name"),
+    # Unknown cells.
+    "unknown label same as a category": (
+        _dims({**_cats(("a", ["1"])), "unknown": "a"}),
+        "group_by[0].unknown",
+    ),
+    "unknown label same as other": (
+        _dims({**_cats(("a", ["1"]), other="b"), "unknown": "b"}),
+        "group_by[0].unknown",
+    ),
+    "unknown label same as a band": (_dims({**_bands(2), "unknown": "b1"}), "group_by[0].unknown"),
+    "unknown on months": (
+        _dims({**_months("2024-01", "2024-02"), "unknown": "none"}),
+        "group_by[0].unknown",
+    ),
+    "empty unknown label": (_dims({**_bands(1), "unknown": ""}), "group_by[0].unknown"),
+    "escape sequence in unknown": (
+        _dims({**_bands(1), "unknown": "\x1b[31m?"}),
+        "group_by[0].unknown",
+    ),
+    "unknown not text": (_dims({**_cats(("a", ["1"])), "unknown": True}), "group_by[0].unknown"),
+    "10k unknown label": (_dims({**_bands(1), "unknown": _LONG}), "group_by[0].unknown"),
+    # Which record decides a unit's cell.
+    "choose on a sum": (
+        _stat(**_SUM, lower=0, upper=1, choose="latest", by="arrival_date"),
+        "statistic.choose",
+    ),
+    "choose on a mean": (
+        _stat(**{**_SUM, "kind": "mean"}, lower=0, upper=1, choose="earliest"),
+        "statistic.choose",
+    ),
+    "by on count_records": (
+        _stat(kind="count_records", max_records_per_unit=1, by="arrival_date"),
+        "statistic.by",
+    ),
+    "choose not a choice": (
+        _stat(kind="count_units", max_cells_per_unit=1, choose="lowest", by="arrival_date"),
+        "statistic.choose",
+    ),
+    "choose random spelled out": (
+        _stat(kind="count_units", max_cells_per_unit=1, choose="random", by="arrival_date"),
+        "statistic.choose",
+    ),
+    "choose not text": (
+        _stat(kind="count_units", max_cells_per_unit=1, choose=1, by="arrival_date"),
+        "statistic.choose",
+    ),
+    "choose in upper case": (
+        _stat(kind="count_units", max_cells_per_unit=1, choose="LATEST", by="arrival_date"),
+        "statistic.choose",
+    ),
+    "choose without by": (
+        _stat(kind="count_units", max_cells_per_unit=1, choose="latest"),
+        "statistic.by",
+    ),
+    "by without choose": (
+        _stat(kind="count_units", max_cells_per_unit=1, by="arrival_date"),
+        "statistic.by",
+    ),
+    "by an int column": (
+        _stat(kind="count_units", max_cells_per_unit=1, choose="latest", by="age_years"),
+        "statistic.by",
+    ),
+    "by a bool column": (
+        _stat(kind="count_units", max_cells_per_unit=1, choose="latest", by="injury"),
+        "statistic.by",
+    ),
+    "by a column of another source": (
+        _stat(kind="count_units", max_cells_per_unit=1, choose="latest", by="DECOM"),
+        "statistic.by",
+    ),
+    "by with SQL": (
+        _stat(kind="count_units", max_cells_per_unit=1, choose="latest", by=_SQL),
+        "statistic.by",
+    ),
+    "by a list": (
+        _stat(kind="count_units", max_cells_per_unit=1, choose="latest", by=["arrival_date"]),
+        "statistic.by",
+    ),
     # Text fields.
     "NUL in title": (_set_path("title", "ED\x00attendances"), "title"),
     "NUL in description": (_set_path("description", "a\x00"), "description"),
@@ -1084,6 +1179,118 @@ def test_invalid_toml_refused(text: str) -> None:
     with pytest.raises(TemplateError) as e:
         load_toml(text)
     assert e.value.field == "template"
+
+
+# --- unknown cells and the choice of record ------------------------------------------
+
+
+def _count_units(**extra: Any) -> dict[str, Any]:
+    return {"kind": "count_units", "max_cells_per_unit": 1, **extra}
+
+
+def test_unknown_cells_and_choose_parse_into_the_model() -> None:
+    d = health(
+        group_by=[
+            {**_cats(("a", ["1"]), other="Other"), "unknown": "Not recorded"},
+            {**_bands(2), "unknown": "Age unknown"},
+        ],
+        statistic=_count_units(choose="earliest", by="arrival_date"),
+    )
+    t = parse(d)
+    cats, bands = t.group_by
+    assert isinstance(cats, CategoriesDim) and isinstance(bands, BandsDim)
+    # The unknown cell comes last, after `other`.
+    assert cats.labels == ("a", "Other", "Not recorded") and cats.unknown == "Not recorded"
+    assert bands.labels == ("b0", "b1", "Age unknown")
+    assert t.shape == (3, 3)
+    assert (t.statistic.choose, t.statistic.by) == (Choice.EARLIEST, "arrival_date")
+    assert to_dict(t) == d
+    # Left out, they are absent from the canonical form (not encoded as defaults).
+    plain = parse(health(statistic=_count_units()))
+    assert plain.statistic.choose is None and plain.statistic.by is None
+    assert to_dict(plain)["statistic"] == _count_units()
+    assert "unknown" not in to_dict(plain)["group_by"][0]
+
+
+def test_unknown_cells_and_choose_are_signed() -> None:
+    """Every value of the new fields is part of the canonical form: the digest moves."""
+    variants = [
+        health(statistic=_count_units()),
+        health(statistic=_count_units(choose="latest", by="arrival_date")),
+        health(statistic=_count_units(choose="earliest", by="arrival_date")),
+        health(group_by=[_cats(("a", ["1"]))]),
+        health(group_by=[{**_cats(("a", ["1"])), "unknown": "?"}]),
+        health(group_by=[{**_cats(("a", ["1"])), "unknown": "??"}]),
+        health(group_by=[{**_cats(("a", ["1"])), "other": "?"}]),
+        health(group_by=[{**_cats(("a", ["1"])), "other": "?", "unknown": "??"}]),
+        health(group_by=[{**_cats(("a", ["1"])), "other": "??", "unknown": "?"}]),
+        health(group_by=[{**_bands(1), "unknown": "?"}]),
+    ]
+    digests = [digest(parse(v)) for v in variants]
+    assert len(set(digests)) == len(variants)
+    for v in variants:
+        assert parse_canonical(encode(parse(v))) == parse(v)
+    # Canonical bytes with a new field removed are another template, not this one.
+    data = encode(parse(variants[1]))
+    stripped = json.loads(data)
+    del stripped["statistic"]["choose"]
+    with pytest.raises(TemplateError) as e:
+        parse(stripped)
+    assert e.value.field == "statistic.by"
+
+
+def test_reference_template_1_toml_without_the_new_fields_is_another_template() -> None:
+    doc = REFERENCE_1.read_text(encoding="utf-8")
+    t = example(REFERENCE_1)
+    for line in ('choose = "latest"\nby = "DECOM"\n', 'unknown = "Age not recorded"\n'):
+        assert line in doc
+        assert digest(load_toml(doc.replace(line, ""))) != digest(t)
+
+
+_LABELS_IN_PLAY = ["a", "b0", "Other", "?", "x" * 64, "x" * 65, "", "\n"]
+_ODD = st.booleans() | st.integers() | st.floats() | st.text(max_size=12) | st.lists(st.text())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    choose=st.none() | st.sampled_from(["latest", "earliest", "random", "Latest", ""]) | _ODD,
+    by=st.none() | st.sampled_from(_ALL_COLUMNS) | _ODD,
+    kind=st.sampled_from(["count_units", "count_records"]),
+    unknown=st.none() | st.sampled_from(_LABELS_IN_PLAY) | st.text(max_size=70),
+    dim=st.sampled_from(["categories", "bands", "months"]),
+)
+def test_new_fields_parse_exactly_or_are_refused_by_name(
+    choose: Any, by: Any, kind: str, unknown: Any, dim: str
+) -> None:
+    stat: dict[str, Any] = (
+        _count_units() if kind == "count_units" else {"kind": kind, "max_records_per_unit": 1}
+    )
+    if choose is not None:
+        stat["choose"] = choose
+    if by is not None:
+        stat["by"] = by
+    group = {
+        "categories": _cats(("a", ["1"]), other="Other"),
+        "bands": _bands(2),
+        "months": _months("2024-01", "2024-02"),
+    }[dim]
+    if unknown is not None:
+        group = {**group, "unknown": unknown}
+    d = health(group_by=[group], statistic=stat)
+    try:
+        t = parse(d)
+    except TemplateError as e:
+        assert e.field in {"statistic.choose", "statistic.by", "group_by[0].unknown"}, str(e)
+        return
+    # Accepted: exactly what was written, signed as written.
+    assert to_dict(t) == d
+    assert parse_canonical(encode(t)) == t
+    assert kind == "count_units" or (choose is None and by is None)
+    if choose is not None:
+        assert choose in ("latest", "earliest") and by == "arrival_date"
+    if unknown is not None:
+        assert dim != "months" and t.group_by[0].labels[-1] == unknown
+        assert len(set(t.group_by[0].labels)) == len(t.group_by[0].labels)
 
 
 # --- parameter binding ----------------------------------------------------------------

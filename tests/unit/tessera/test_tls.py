@@ -147,9 +147,44 @@ def test_tls_files_load_checks_and_hides_the_key(
         tls.TlsFiles(files.cert, bob.key, files.ca).load()
     with pytest.raises(tls.TlsError, match="not a PEM certificate"):
         tls.TlsFiles(files.key, files.key, files.ca).load()
+    not_a_key = tmp_path / "not-a-key.pem"
+    not_a_key.write_bytes(files.cert.read_bytes())
+    not_a_key.chmod(0o600)
     with pytest.raises(tls.TlsError, match="not an unencrypted PEM private key") as e:
-        tls.TlsFiles(files.cert, files.cert, files.ca).load()
+        tls.TlsFiles(files.cert, not_a_key, files.ca).load()
     assert "BEGIN" not in str(e.value)
+
+
+def test_a_tls_key_others_can_read_is_refused_with_the_fix(tmp_path: Path) -> None:
+    ca = tls.make_ca("Test CA", tmp_path)
+    files = tls.make_certificate(ca, "alice", tmp_path)
+    assert files.key.stat().st_mode & 0o777 == 0o600
+    files.key.chmod(0o640)
+    with pytest.raises(tls.TlsError) as e:
+        files.load()
+    assert f"chmod 600 {files.key}" in str(e.value) and "0640" in str(e.value)
+
+
+def test_node_certificates_name_only_their_node(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    fed = tls.make_federation(
+        tmp_path,
+        nodes=["Leeds", "NHS-Trust.B"],
+        coordinator="c",
+        users=[],
+        node_server_names=(),
+    )
+    for name, files in fed.nodes.items():
+        cert = x509.load_pem_x509_certificate(files.cert.read_bytes())
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert [str(v) for v in sans.get_values_for_type(x509.DNSName)] == [
+            tls.node_server_name(name)
+        ]
+    assert tls.node_server_name("NHS-Trust.B") == "nhs-trust-b.node.tessera"
+    assert tls.pinned_options("Leeds") == [("grpc.ssl_target_name_override", "leeds.node.tessera")]
+    with pytest.raises(tls.TlsError, match="more than case"):
+        tls.make_federation(tmp_path / "x", nodes=["Leeds", "leeds"], coordinator=None, users=[])
 
 
 def test_make_federation(tmp_path: Path) -> None:

@@ -1,0 +1,295 @@
+"""The analyst's check of a query result against the nodes that released it.
+
+The coordinator forwards each contributing node's signed answer statement
+(tessera.answers). Here the client checks every statement against the node keys
+the analyst trusts (never keys the coordinator supplies), that each answers the
+analyst's own signed request, and then, when the template permits a per-node
+breakdown and so the payloads are forwarded, recomputes the combination and every
+per-node figure from the signed payloads. For a combined-only template the
+payloads are withheld (no one node's figures may reach the analyst): the
+statements still prove who took part, for which request, at what cost and where
+each answer is audited, but the sum itself cannot be recomputed.
+
+A failure names the node (or "combined") and the part that does not hold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tessera import answers, keys, requests, results, templates
+from tessera.client_types import ClientError
+from tessera.templates.model import Template
+
+if TYPE_CHECKING:
+    from tessera.client_types import Cell, QueryResult
+
+
+_Bad = Callable[[str | None, str, str], None]
+
+
+@dataclass(frozen=True)
+class Problem:
+    node: str | None  # the organisation, or None for the combined figures
+    part: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.node or 'combined'}: {self.part}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Verification:
+    ok: bool
+    problems: tuple[Problem, ...]
+    # Nodes whose signed statements verified.
+    nodes: tuple[str, ...]
+    # True when the figures were recomputed from signed payloads (per-node templates).
+    recomputed: bool
+    notes: tuple[str, ...] = field(default=())
+
+    def summary(self) -> str:
+        if self.ok:
+            how = (
+                "figures recomputed from the signed answers"
+                if self.recomputed
+                else "statements verified; a combined-only sum cannot be recomputed"
+            )
+            return f"VERIFIED: {len(self.nodes)} node(s) ({', '.join(self.nodes)}); {how}"
+        return "NOT VERIFIED:\n" + "\n".join(f"  - {p}" for p in self.problems)
+
+
+class VerificationFailed(ClientError):
+    """A result that does not verify against the nodes' signed answers."""
+
+    def __init__(self, verification: Verification) -> None:
+        super().__init__("DATA_LOSS", verification.summary())
+        self.verification = verification
+
+
+class TrustError(ValueError):
+    """A trust file that cannot be used."""
+
+
+def load_trust(path: Path) -> dict[str, str]:
+    """Node keys the analyst trusts: JSON {"nodes": {"<organisation>": "ed25519:<hex>"}},
+    obtained from the federation out of band (as approver keys are), never from the
+    coordinator."""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise TrustError(f"cannot read trust file {path}: {type(e).__name__}") from None
+    nodes = d.get("nodes") if isinstance(d, dict) else None
+    if not isinstance(nodes, dict) or not nodes:
+        raise TrustError(f"{path}: want {{'nodes': {{organisation: key id}}}}")
+    out = {}
+    for org, key_id in nodes.items():
+        try:
+            keys.PublicKey.from_id(key_id)
+        except keys.KeyError_ as e:
+            raise TrustError(f"{path}: node {org!r}: {e}") from None
+        out[str(org)] = key_id
+    return out
+
+
+def verify_result(
+    result: QueryResult,
+    *,
+    request: requests.SignedRequest,
+    template_canonical: bytes,
+    trust: Mapping[str, str],
+) -> Verification:
+    problems: list[Problem] = []
+
+    def bad(node: str | None, part: str, message: str) -> None:
+        problems.append(Problem(node, part, message))
+
+    try:
+        req = requests.verify(request)
+    except (requests.RequestError, requests.RequestSignatureError) as e:
+        bad(None, "request", str(e))
+        return Verification(False, tuple(problems), (), False)
+    digest = templates.digest_of_bytes(template_canonical)
+    template = templates.parse_canonical(template_canonical)
+    if digest != req.template_digest:
+        bad(None, "template", "the template given is not the one the request names")
+    if result.template_digest != req.template_digest:
+        bad(None, "template", "the result is for another template than the request")
+    if result.query_id != req.request_id:
+        bad(None, "query_id", "the result is for another request id")
+    if result.mode != req.mode.value:
+        bad(
+            None, "mode", f"the result is in mode {result.mode}, the request asked {req.mode.value}"
+        )
+
+    answered = request
+    notes: list[str] = []
+    if result.answered_request is not None:
+        # A re-release: the same question asked earlier (perhaps by someone else). The
+        # statements must answer that request, which must ask exactly this question.
+        answered = requests.SignedRequest(*result.answered_request)
+        try:
+            first = requests.verify(answered)
+        except (requests.RequestError, requests.RequestSignatureError) as e:
+            bad(None, "answered_request", str(e))
+            return Verification(False, tuple(problems), (), False)
+        same = (
+            first.template_digest == req.template_digest
+            and dict(first.params) == dict(req.params)
+            and sorted(set(first.audience)) == sorted(set(req.audience))
+            and first.mode == req.mode
+        )
+        if not same:
+            bad(None, "answered_request", "the earlier request asked another question")
+            return Verification(False, tuple(problems), (), False)
+        notes.append(f"the result of the same question asked as {first.request_id}, again")
+        req_for_parts = first
+    else:
+        req_for_parts = req
+
+    valid: dict[str, tuple[answers.Statement, bytes]] = {}
+    seen: set[str] = set()
+    for p in result.parts:
+        org = p.organisation
+        if org in seen:
+            bad(org, "statement", "more than one signed part for this node")
+            continue
+        seen.add(org)
+        key_id = trust.get(org)
+        if key_id is None:
+            bad(org, "node", "not a node you trust (no key for it in your trust list)")
+            continue
+        try:
+            st = answers.verify(answers.SignedStatement(p.statement, p.signature), key_id)
+        except answers.StatementError as e:
+            bad(org, "signature", str(e))
+            continue
+        if st.organisation != org:
+            bad(org, "statement", f"the signed statement is {st.organisation!r}'s")
+            continue
+        if st.request_hash != answered.hash or st.request_id != req_for_parts.request_id:
+            bad(org, "statement", "the signed answer is for another request (replayed)")
+            continue
+        if st.template_digest != req.template_digest:
+            bad(org, "statement", "the signed answer is for another template")
+            continue
+        if org not in req.audience:
+            bad(org, "node", "the request was not addressed to this node")
+            continue
+        if p.payload and answers.payload_digest(p.payload) != st.payload_sha256:
+            bad(org, "payload", "the figures do not match the digest the node signed")
+            continue
+        valid[org] = (st, p.payload)
+
+    contributed = {n.organisation for n in result.nodes if n.contributed}
+    for org in sorted(contributed - set(valid)):
+        if org not in seen:
+            bad(org, "nodes", "reported as contributing but carries no signed statement")
+    for org in sorted(set(valid) - contributed):
+        bad(org, "nodes", "signed an answer but is not reported as contributing")
+    if result.released and len(valid) < template.access.quorum:
+        bad(
+            None,
+            "quorum",
+            f"released from {len(valid)} verified node(s); the template requires "
+            f"{template.access.quorum}",
+        )
+    if valid:
+        costs = [st for st, _ in valid.values()]
+        want = max(st.cost for st in costs)
+        kind = costs[0].cost_kind
+        if any(st.cost_kind != kind for st in costs) or not _close(
+            result.privacy_spent.get(kind, math.nan), want
+        ):
+            bad(None, "privacy_spent", f"does not match the nodes' signed cost ({kind} {want:g})")
+
+    recomputed = False
+    if template.access.per_node_breakdown:
+        if valid and all(payload for _, payload in valid.values()):
+            recomputed = True
+            _recompute(result, template, valid, req.audience, bad)
+        elif valid:
+            for org, (_, payload) in sorted(valid.items()):
+                if not payload:
+                    bad(org, "payload", "withheld: the figures cannot be recomputed")
+    else:
+        notes.append(
+            "combined-only template: node payloads are withheld, so the combined figures "
+            "cannot be recomputed (the signed statements were checked)"
+        )
+        if result.per_node:
+            for org in sorted(result.per_node):
+                bad(org, "per_node", "per-node figures for a combined-only template")
+        for org, (_, payload) in sorted(valid.items()):
+            if payload:
+                bad(org, "payload", "a node's figures were forwarded for a combined-only template")
+    ok = not problems
+    return Verification(ok, tuple(problems), tuple(sorted(valid)), recomputed, tuple(notes))
+
+
+def _recompute(
+    result: QueryResult,
+    template: Template,
+    valid: Mapping[str, tuple[answers.Statement, bytes]],
+    audience: Sequence[str],
+    bad: _Bad,
+) -> None:
+    decoded: dict[str, dict[str, results.Measure]] = {}
+    for org, (st, payload) in sorted(valid.items()):
+        try:
+            kind, cost, measures = answers.measures_from_payload(payload)
+        except answers.StatementError as e:
+            bad(org, "payload", str(e))
+            return
+        if (kind, cost) != (st.cost_kind, st.cost):
+            bad(org, "payload", "the payload's cost differs from the signed statement's")
+        decoded[org] = measures
+    if result.released:
+        combined = results.combine([decoded[o] for o in sorted(decoded)])
+        expect = results.release(template, combined)
+        missing = sorted(set(audience) - set(decoded))
+        whence = f"the signed answers of {', '.join(sorted(decoded))}"
+        if missing:
+            whence += f" (no signed answer from {', '.join(missing)})"
+        _compare(None, result.cells, expect, result.dimensions, whence, bad)
+    for org, cells in sorted((result.per_node or {}).items()):
+        if org not in decoded:
+            bad(org, "per_node", "figures shown for a node with no verified signed answer")
+            continue
+        expect = results.release(template, decoded[org])
+        _compare(org, cells, expect, result.dimensions, "this node's signed answer", bad)
+
+
+def _compare(
+    node: str | None,
+    shown: Sequence[Cell],
+    expect: Sequence[results.Cell],
+    dims: Sequence[str],
+    whence: str,
+    bad: _Bad,
+) -> None:
+    if len(shown) != len(expect):
+        bad(node, "cells", f"{len(shown)} cells shown, {len(expect)} in {whence}")
+        return
+    for s, e in zip(shown, expect, strict=True):
+        labels = tuple(s.key.get(d, "") for d in dims)
+        where = "cell " + (
+            ", ".join(f"{d}={v}" for d, v in zip(dims, labels, strict=True)) or "total"
+        )
+        if (
+            labels != e.labels
+            or s.suppressed != e.suppressed
+            or not _close(s.estimate, e.estimate)
+            or not _close(s.ci95[0], e.ci95_low)
+            or not _close(s.ci95[1], e.ci95_high)
+        ):
+            bad(node, where, f"shown {s.estimate:g}, but {whence} give {e.estimate:g}")
+
+
+def _close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
