@@ -7,8 +7,11 @@ restart. A version is decrypted (node/storage.py) into an in-memory DuckDB
 database the first time it is connected to; nothing is decrypted to disk.
 Connections are locked down, one per version, shared: callers take ``.cursor()``
 per query, because starting a statement while another result on the same cursor
-is only partly fetched raises. A plaintext ``v<N>.duckdb`` from before encryption
-at rest is refused, with a warning saying to re-ingest it.
+is only partly fetched raises. Loading a version forgets the catalog's connections
+to older versions of that dataset; each one's memory is freed when its last cursor
+is (an older version asked for again is decrypted again). A plaintext
+``v<N>.duckdb`` from before encryption at rest is refused, with a warning saying
+to re-ingest it.
 """
 
 from __future__ import annotations
@@ -125,6 +128,10 @@ class DatasetCatalog:
                     con.close()
                     raise RuntimeError("catalog is closed")
                 self._connections[key] = con
+                # A newer version supersedes older ones: forget them (never close them,
+                # a query may still be running), so their memory goes with the last user.
+                for old in [k for k in self._connections if k[0] == key[0] and k[1] < key[1]]:
+                    del self._connections[old]
             return con
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ from tessera import observability, serving, startup
 from tessera.clock import Clock, SystemClock
 from tessera.keys import SigningKey
 from tessera.node import config as node_config
-from tessera.node import rollback, secret, vault
+from tessera.node import rekey, rollback, secret, vault
 from tessera.node.catalog import DatasetCatalog
 from tessera.node.ledger import Ledger, LedgerSchemaError
 from tessera.node.service import NodeService
@@ -52,6 +52,7 @@ def build_service(cfg: node_config.NodeConfig, clock: Clock) -> NodeService:
     key = SigningKey.load(cfg.signing_key)
     # Versions and ledger fields are encrypted under the data key (node/vault.py).
     data_key = vault.load_key(cfg.encryption, os.environ, "node config")
+    rekey.check_key(cfg.data_dir, cfg.state_dir / "ledger.sqlite", data_key)
     vault.private_dir(cfg.state_dir)
     vault.private_dir(cfg.data_dir)
     catalog = DatasetCatalog(cfg.data_dir, data_key)

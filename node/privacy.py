@@ -203,6 +203,11 @@ def compose_rho(rhos: list[float]) -> float:
 
 def release_rho(calibrations: list[Calibration]) -> float:
     """A release's loss in zCDP: its measures' losses, converted and composed."""
+    return _release_rho(tuple(calibrations))
+
+
+@lru_cache(maxsize=1024)
+def _release_rho(calibrations: tuple[Calibration, ...]) -> float:
     return compose_rho([measure_rho(c) for c in calibrations])
 
 

@@ -154,8 +154,8 @@ def check_not_rolled_back(cfg: NodeConfig, ledger_path: Path) -> None:
         if state is not None and any(v > 0 for v in state[1].values()):
             raise RollbackError(
                 f"the rollback watermark {cfg.watermark_path} is missing but the ledger "
-                f"{ledger_path} has paid answers; restore the watermark file (it is never "
-                "rebuilt from the ledger it guards)"
+                f"{ledger_path} has paid answers; restore it, or if it is lost and this "
+                "state folder is the latest, run `tessera node adopt-ledger`"
             )
         return
     seq = int(mark["audit_seq"])
@@ -166,7 +166,7 @@ def check_not_rolled_back(cfg: NodeConfig, ledger_path: Path) -> None:
             f"but entry {seq} was already written; restore the latest state folder, "
             "never an older backup"
         )
-    if _hash_at(ledger_path, seq) != mark["audit_hash"]:
+    if seq and _hash_at(ledger_path, seq) != mark["audit_hash"]:
         raise RollbackError(
             f"the ledger {ledger_path} is not this node's history: audit entry {seq} "
             "differs from the one the watermark recorded; restore the latest state folder"
@@ -179,3 +179,18 @@ def check_not_rolled_back(cfg: NodeConfig, ledger_path: Path) -> None:
                 f"rho {have_rho:.6g} spent, but {rho:.6g} was already spent; restore the "
                 "latest state folder, never an older backup"
             )
+
+
+def adopt(cfg: NodeConfig, ledger_path: Path) -> tuple[int, dict[str, float]]:
+    """Write a watermark for the ledger as it stands: the operator's explicit decision
+    when the watermark itself was lost (`tessera node adopt-ledger`). Returns the audit
+    position and spend it records. Never done automatically: a ledger cannot vouch
+    for itself."""
+    state = _ledger_state(ledger_path)
+    if state is None:
+        raise RollbackError(f"{ledger_path}: no ledger to adopt")
+    seq, spent = state
+    hash_ = _hash_at(ledger_path, seq) if seq else None
+    key = SigningKey.load(cfg.signing_key)
+    watermark_for(cfg, key).advance(seq, hash_ or "", spent)
+    return seq, spent

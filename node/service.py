@@ -57,7 +57,8 @@ class DatasetStatus:
     schema_version: int
     version: int
     content_sha256: str
-    # {"rho": limit} and {"rho": spent}: the lifetime cap, or the period's allowance.
+    # {"rho": limit} and {"rho": spent}: of the lifetime cap and the period's allowance,
+    # the one that leaves less.
     budget_total: dict[str, float]
     budget_spent: dict[str, float]
     version_id: str = ""
@@ -111,11 +112,17 @@ class NodeService:
                 continue
             policy = self.cfg.policy(self.cfg.accountant_of(name))
             spend = self.ledger.accountant_spend(policy)
-            if policy.lifetime_rho is not None:
-                totals, spent = {"rho": policy.lifetime_rho}, {"rho": spend.lifetime_rho}
-            else:
-                assert policy.period_rho is not None
-                totals, spent = {"rho": policy.period_rho}, {"rho": spend.period_rho}
+            # The limit that leaves less: the lifetime cap or this period's allowance.
+            limits = [
+                (limit, used)
+                for limit, used in (
+                    (policy.lifetime_rho, spend.lifetime_rho),
+                    (policy.period_rho, spend.period_rho),
+                )
+                if limit is not None
+            ]
+            limit, used = min(limits, key=lambda lu: lu[0] - lu[1])
+            totals, spent = {"rho": limit}, {"rho": used}
             schema = schemas.dataset(name)
             assert schema is not None
             out.append(

@@ -405,6 +405,10 @@ class SealedReader(io.RawIOBase):
 # -- sealed ledger fields -------------------------------------------------------------
 
 
+def is_sealed_field(value: bytes | str | None) -> bool:
+    return isinstance(value, bytes) and value.startswith(_FIELD_PREFIX)
+
+
 class FieldSealer:
     """Seals ledger values under the ledger subkey; ``context`` (e.g. the column and
     answer key) is authenticated, so a value cannot be moved to another row."""

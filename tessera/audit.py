@@ -722,12 +722,22 @@ def _rotation(body: Any) -> tuple[str, str] | None:
     return old, new
 
 
+def _rotation_in(raw: Any) -> tuple[str, str] | None:
+    """The handover a stored body records, if any; None for anything unreadable (the
+    chain check reports a damaged body; this only looks for handovers)."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "replace")
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        return None
+    try:
+        return _rotation(canonical.decode(bytes(raw)))
+    except (canonical.CanonicalError, ValueError, TypeError):
+        return None
+
+
 def _hands_over_to(key: PublicKey, digest: str, signature: bytes, body: bytes) -> bool:
     """Whether an entry is a handover to `key`, signed by the key it hands over from."""
-    try:
-        handover = _rotation(canonical.decode(bytes(body)))
-    except canonical.CanonicalError:
-        return False
+    handover = _rotation_in(body)
     if handover is None or handover[1] != key.key_id:
         return False
     return _hash_signature_ok(PublicKey.from_id(handover[0]), digest, signature)
@@ -741,10 +751,7 @@ def _first_key(db_path: Path, key: PublicKey) -> PublicKey:
     try:
         with _read_only(db_path) as conn:
             for (body,) in conn.execute("SELECT body FROM audit ORDER BY seq"):
-                try:
-                    handover = _rotation(canonical.decode(bytes(body)))
-                except canonical.CanonicalError:
-                    continue
+                handover = _rotation_in(body)
                 if handover is not None:
                     back.setdefault(handover[1], handover[0])
     except sqlite3.Error:

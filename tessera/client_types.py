@@ -108,9 +108,10 @@ class QueryResult:
     privacy_spent: dict[str, float]
     cells: list[Cell]
     per_node: dict[str, list[Cell]] | None = None
-    # Filled in by Client.run_query, which knows them: the question as asked.
-    params: dict[str, Any] = field(default_factory=dict)
-    template_title: str = ""
+    # Filled in by Client.run_query, which knows them: the question as asked. Not part
+    # of the result itself, so a stored result fetched later still compares equal.
+    params: dict[str, Any] = field(default_factory=dict, compare=False)
+    template_title: str = field(default="", compare=False)
     # The nodes' signed statements, and the client's check of them (tessera.verify)
     # when it was given node keys to trust.
     parts: list[SignedPart] = field(default_factory=list)

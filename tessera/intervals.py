@@ -385,17 +385,21 @@ def mean_interval(
     if not lower < upper:
         return lower, upper
 
-    def included(depth: int, i: int) -> bool:
+    def included(depth: int, first: int) -> list[int]:
+        """The segments [first, first + n) at `depth` that meet the set."""
+        n = _MEAN_SEGMENTS if depth == 0 else _MEAN_SPLIT
         total = _MEAN_SEGMENTS * _MEAN_SPLIT**depth
-        ra = lower + (upper - lower) * i / total
-        rb = lower + (upper - lower) * (i + 1) / total
-        # min over r in [ra, rb] of |s - r·c| (linear in r: check the ends and a root)
-        ends = (abs(s - ra * c), abs(s - rb * c))
-        inside = c != 0 and min(ra, rb) <= s / c <= max(ra, rb)
-        d = 0.0 if inside else min(ends)
-        return d <= _segment_q(sk, ck, lower, upper, level, depth, i)
+        idx = np.arange(first, first + n, dtype=np.float64)
+        ra = lower + (upper - lower) * idx / total
+        rb = lower + (upper - lower) * (idx + 1) / total
+        # min over r in [ra, rb] of |s - r·c|: linear in r, so an end, or 0 across a root
+        d = np.minimum(np.abs(s - ra * c), np.abs(s - rb * c))
+        if c != 0:
+            d = np.where((ra <= s / c) & (s / c <= rb), 0.0, d)
+        q = _segments(sk, ck, lower, upper, level, depth, first)
+        return [first + int(j) for j in np.flatnonzero(d <= q)]
 
-    top = [i for i in range(_MEAN_SEGMENTS) if included(0, i)]
+    top = included(0, 0)
     if not top or c <= 0:
         return lower, upper
     hull = (upper - lower) * (top[-1] + 1 - top[0]) / _MEAN_SEGMENTS
@@ -406,8 +410,7 @@ def mean_interval(
             width = (upper - lower) / (_MEAN_SEGMENTS * _MEAN_SPLIT**depth)
             if width <= hull * 2e-4:
                 break
-            kids = [i * _MEAN_SPLIT + j for j in range(_MEAN_SPLIT)]
-            hit = [j for j in kids if included(depth + 1, j)]
+            hit = included(depth + 1, i * _MEAN_SPLIT)
             if not hit:
                 break
             depth, i = depth + 1, (hit[0] if side == 0 else hit[-1])

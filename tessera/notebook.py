@@ -38,7 +38,8 @@ def _need(module: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         raise ImportError(
-            f"this needs {module}, which is not installed: pip install 'tessera[notebook]'"
+            f"this needs {module}, which is not installed: pip install 'tessera[notebook]' "
+            f"(or pip install {module}; to_rows() and to_csv() need nothing extra)"
         ) from None
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tessera import answers, keys, requests, results, templates
+from tessera import answers, keys, requests, results, roster, templates
 from tessera.client_types import ClientError
 from tessera.templates.model import Template
 
@@ -77,13 +77,19 @@ class TrustError(ValueError):
 
 
 def load_trust(path: Path) -> dict[str, str]:
-    """Node keys the analyst trusts: JSON {"nodes": {"<organisation>": "ed25519:<hex>"}},
-    obtained from the federation out of band (as approver keys are), never from the
-    coordinator."""
+    """Node keys the analyst trusts (organisation -> key id), never from the coordinator.
+
+    Either listed directly, as obtained from the federation out of band:
+    `{"nodes": {"<organisation>": "ed25519:<hex>"}}`; or vouched for by the approvers:
+    `{"approvers": {"threshold": k, "keys": ["ed25519:<hex>", ...]}, "roster": FILE}`,
+    where FILE (relative to the trust file) is a roster signed by at least k of those
+    keys (tessera.roster)."""
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise TrustError(f"cannot read trust file {path}: {type(e).__name__}") from None
+    if isinstance(d, dict) and "approvers" in d:
+        return _from_roster(path, d)
     nodes = d.get("nodes") if isinstance(d, dict) else None
     if not isinstance(nodes, dict) or not nodes:
         raise TrustError(f"{path}: want {{'nodes': {{organisation: key id}}}}")
@@ -95,6 +101,26 @@ def load_trust(path: Path) -> dict[str, str]:
             raise TrustError(f"{path}: node {org!r}: {e}") from None
         out[str(org)] = key_id
     return out
+
+
+def _from_roster(path: Path, d: dict[str, object]) -> dict[str, str]:
+    ap = d.get("approvers")
+    roster_file = d.get("roster")
+    if not (isinstance(ap, dict) and isinstance(roster_file, str)):
+        raise TrustError(f"{path}: want {{'approvers': {{threshold, keys}}, 'roster': FILE}}")
+    threshold, approver_keys = ap.get("threshold"), ap.get("keys")
+    if not (
+        isinstance(threshold, int)
+        and isinstance(approver_keys, list)
+        and all(isinstance(k, str) for k in approver_keys)
+    ):
+        raise TrustError(f"{path}: approvers needs an integer threshold and a list of keys")
+    try:
+        body, signed = roster.load(path.parent / roster_file)
+        entries = roster.verify(body, signed, approver_keys, threshold)
+    except roster.RosterError as e:
+        raise TrustError(f"{path}: {e}") from None
+    return {org: e.node_key for org, e in entries.items()}
 
 
 def verify_result(

@@ -72,7 +72,13 @@ class DatabaseBuilder:
 
     def __init__(self, dataset: Dataset) -> None:
         self._dataset = dataset
-        self._con: duckdb.DuckDBPyConnection | None = duckdb.connect(":memory:")
+        # No spilling to a temporary directory (DuckDB's default is ./.tmp): the rows
+        # being built must never reach the disk in plaintext. No progress bar on the
+        # operator's terminal either (it would interleave with the report).
+        self._con: duckdb.DuckDBPyConnection | None = duckdb.connect(
+            ":memory:", config={"temp_directory": ""}
+        )
+        self._con.execute("SET enable_progress_bar = false")
         self._staged: dict[str, int] = {}
         self._seq = 0
         self._insert: dict[str, str] = {}

@@ -113,7 +113,6 @@ class _Split:
                 src.sha256,
                 "",
                 memory=MemoryTable(list(COLUMNS[table]), self.rows[table], self.lines[table]),
-                where="child" if src.path.suffix.lower() == ".xml" else "line",
             )
             for table in COLUMNS
         ]

@@ -18,7 +18,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +78,14 @@ def _row_text(table: Table) -> str:
     return " || chr(31) || ".join(parts) if parts else "''"
 
 
-def content_sha256(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> str:
+def content_sha256(sources: Iterable[tuple[str, str, str]]) -> str:
+    """SHA-256 (hex) of the canonical JSON of sorted (table, name, sha256) entries: for
+    versions built outside ingest (benchmarks), which have no reconciled tables."""
+    entries = sorted([table, name, digest] for table, name, digest in sources)
+    return hashlib.sha256(canonical.encode(entries)).hexdigest()
+
+
+def table_content_sha256(con: duckdb.DuckDBPyConnection, dataset: Dataset) -> str:
     """SHA-256 (hex) of a version's content: the canonical JSON of, per table, its
     row count and the SHA-256 of its rows' MD5s in sorted order.
 

@@ -27,12 +27,12 @@ from .load import FileResult, RejectionLog, validate_file
 from .manifest import (
     DATASET_NAME,
     Manifest,
-    content_sha256,
     ingest_lock,
     latest_manifest,
     next_version,
     publish,
     remove_leftovers,
+    table_content_sha256,
 )
 from .readers import FileProblem, SourceFile, inspect_file, read_header
 from .reconcile import children_without_header, reconcile, units_left_without_rows
@@ -223,7 +223,7 @@ def ingest_dataset(
                 )
                 for t in dataset.tables
             }
-            digest = content_sha256(con, dataset)
+            digest = table_content_sha256(con, dataset)
             latest = latest_manifest(dataset_dir)
             rows_read = {t.name: loaded[t.name] + refused[t.name] for t in dataset.tables}
             total_read = sum(rows_read.values())

@@ -49,7 +49,6 @@ class SourceFile:
     bom: bool = False  # the CSV started with a UTF-8 byte order mark
     crlf: bool = False  # the CSV has Windows (CR LF) line endings
     memory: MemoryTable | None = None
-    where: str = "line"  # what ``Rejection.line`` counts in this source
 
     @property
     def label(self) -> str:

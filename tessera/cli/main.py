@@ -16,6 +16,7 @@ _GROUPS = (
     "tessera.cli.template_cmd",
     "tessera.cli.node_cmd",
     "tessera.cli.audit_cmd",
+    "tessera.cli.roster_cmd",
     "tessera.cli.synth_cmd",
     "tessera.cli.coordinator_cmd",
     "tessera.cli.query_cmd",

@@ -1,4 +1,5 @@
-"""`tessera node serve|ingest|budget|keygen|backup|restore`: a node operator's commands."""
+"""`tessera node serve|ingest|budget|adopt-ledger|keygen|backup|restore|rotate-data-key`: a node
+operator's commands."""
 
 from __future__ import annotations
 
@@ -26,6 +27,16 @@ def register(sub: Any) -> None:
     budget = node_sub.add_parser("budget", help="show spent and remaining privacy budget")
     budget.add_argument("--config", type=Path, required=True)
     budget.set_defaults(handler=_budget)
+
+    adopt = node_sub.add_parser(
+        "adopt-ledger",
+        help="write a new rollback watermark for the ledger as it stands (after losing it)",
+        description="The node refuses to start when its rollback watermark is missing but "
+        "its ledger has paid answers. If you lost the watermark (not the ledger), and you "
+        "are sure the state folder is the latest, this records the ledger as it stands.",
+    )
+    adopt.add_argument("--config", type=Path, required=True)
+    adopt.set_defaults(handler=_adopt_ledger)
 
     keygen = node_sub.add_parser(
         "keygen",
@@ -55,6 +66,26 @@ def register(sub: Any) -> None:
     restore.add_argument("--config", type=Path, required=True)
     restore.add_argument("archive", type=Path, metavar="FILE")
     restore.set_defaults(handler=_restore)
+
+    rotate = node_sub.add_parser(
+        "rotate-data-key",
+        help="re-seal versions and ledger fields under a new data key (node stopped)",
+        description="Stop the node, run this, then point the config's [encryption] at the "
+        "new key and start the node. Running it again with the same keys finishes an "
+        "interrupted rotation. Backups taken before stay readable with the old key only.",
+    )
+    rotate.add_argument("--config", type=Path, required=True)
+    rotate.add_argument("--new-key", type=Path, required=True, metavar="FILE")
+    rotate.set_defaults(handler=_rotate_data_key)
+
+    seal = node_sub.add_parser(
+        "seal-ledger",
+        help="encrypt the stored answers of a ledger from before encryption at rest",
+        description="Once, with the node stopped, after upgrading a node whose ledger "
+        "predates encryption at rest.",
+    )
+    seal.add_argument("--config", type=Path, required=True)
+    seal.set_defaults(handler=_seal_ledger)
 
     from tessera.cli.ingest_cmd import register_ingest
 
@@ -107,6 +138,16 @@ def _budget(args: argparse.Namespace, environ: dict[str, str]) -> int:
     return 0
 
 
+def _adopt_ledger(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from tessera.node import config, rollback
+
+    cfg = config.load(args.config)
+    seq, spent = rollback.adopt(cfg, cfg.state_dir / "ledger.sqlite")
+    totals = ", ".join(f"{a} rho {r:.6g}" for a, r in sorted(spent.items())) or "nothing spent"
+    print(f"watermark {cfg.watermark_path}: audit entry {seq}; {totals}")
+    return 0
+
+
 def _fail(prog: str, message: str) -> int:
     print(f"tessera node {prog}: {message}", file=sys.stderr)
     return 2
@@ -156,4 +197,37 @@ def _restore(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         f"restored {args.archive} (taken {summary.created}): {summary.audit_entries} audit "
         f"entries verified, {summary.versions} dataset versions"
     )
+    return 0
+
+
+def _rotate_data_key(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from tessera.config import ConfigError
+    from tessera.node import config, rekey, vault
+
+    try:
+        cfg = config.load(args.config)
+        old = vault.load_key(cfg.encryption, environ, str(args.config))
+        new = vault.load_key(vault.EncryptionConfig(key_file=args.new_key), {}, "--new-key")
+        done = rekey.rotate(cfg, old, new)
+    except (ConfigError, vault.VaultError) as e:
+        return _fail("rotate-data-key", str(e))
+    print(
+        f"re-sealed {done.versions} dataset versions and {done.fields} stored answers under "
+        f"data key {new.key_id} ({done.already} already were); now point [encryption] in "
+        f"{args.config} at {args.new_key} and start the node"
+    )
+    return 0
+
+
+def _seal_ledger(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from tessera.config import ConfigError
+    from tessera.node import config, rekey, vault
+
+    try:
+        cfg = config.load(args.config)
+        key = vault.load_key(cfg.encryption, environ, str(args.config))
+        done = rekey.seal_plaintext_fields(cfg.state_dir / "ledger.sqlite", key)
+    except (ConfigError, vault.VaultError) as e:
+        return _fail("seal-ledger", str(e))
+    print(f"sealed {done} stored answers under data key {key.key_id}")
     return 0

@@ -107,17 +107,18 @@ def print_vertical(
 
 def print_fields(con: Console, title: str, fields: Sequence[tuple[str, str]]) -> None:
     """A record of (label, plain text) pairs: a two-column grid on a wide terminal, and
-    below 100 columns one `label: value` paragraph each, folded, so no value is cut."""
+    below 100 columns (or when a label would not fit its column) one `label: value`
+    paragraph each, folded, so that no value is cut or interleaved with another."""
     if title:
         con.print(Text(title, style="bold"))
-    if con.width < WIDE:
+    width = max((len(k) for k, _ in fields), default=0)
+    if con.width < WIDE or width > con.width // 3:
         for k, v in fields:
             line = Text.assemble((f"{k.strip()}: ", "bold"), v)
             if k.startswith("  "):
                 line = Text("  ") + line
             con.print(line, overflow="fold")
         return
-    width = min(max((len(k) for k, _ in fields), default=0), con.width // 3)
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", width=width, overflow="fold")
     grid.add_column(overflow="fold")

@@ -95,11 +95,15 @@ def placement_code(rng: Generator, age: int, category: str | None = None) -> str
 def _provider(rng: Generator, place: str) -> str:
     if place == "P1":
         return "PR0"
-    if place in _FOSTER_CONNECTED or place.startswith("T"):
+    if place.startswith("T"):
+        return ""  # temporary placements have no provider (DfE rule 178)
+    if place in _FOSTER_CONNECTED:
         return "PR1"
     if place.startswith("R") and place != "R1":
         return "PR3"
     u = rng.random()
+    if place == "Z1":
+        return ""  # nor has "other placement" (rule 178); the draw keeps the stream
     if place.startswith("U") or place.startswith("A"):
         return "PR1" if u < 0.65 else ("PR4" if u < 0.92 else "PR5")
     return "PR4" if u < 0.65 else ("PR1" if u < 0.85 else ("PR2" if u < 0.92 else "PR5"))

@@ -447,7 +447,7 @@ def _choice(f: Fields, ctx: _Ctx) -> tuple[Choice | None, str | None]:
     """`choose` (latest or earliest) and its date column `by`, both or neither."""
     if not f.has("choose"):
         if f.has("by"):
-            raise TemplateError(f.at("by"), 'needs choose = "latest" or "earliest"')
+            raise TemplateError(f.at("by"), 'needs choose = "latest" or "earliest" with it')
         return None, None
     text = f.text("choose", max_len=20)
     try:
@@ -458,7 +458,7 @@ def _choice(f: Fields, ctx: _Ctx) -> tuple[Choice | None, str | None]:
             "must be latest or earliest (leave it out for the keyed pseudo-random choice)",
         ) from None
     if not f.has("by"):
-        raise TemplateError(f.at("by"), f"choose = {choose.value!r} needs a date column by")
+        raise TemplateError(f.at("by"), "is required with choose: a date column of the source")
     col = ctx.column(f, "by", schemas.ColumnType.DATE)
     return choose, col.name
 

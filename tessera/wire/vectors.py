@@ -20,7 +20,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tessera import answers, approvals, audit, canonical, keys, requests, templates
+from tessera import answers, approvals, audit, canonical, keys, requests, roster, templates
 from tessera.templates.model import Mode
 from tessera.templates.parse import TEMPLATE_DIGEST_DOMAIN
 
@@ -181,6 +181,15 @@ def build() -> dict[str, Any]:
     )
     signed_statement = answers.sign(statement, k["node-leeds"])
 
+    # The roster of node keys the approvers vouch for.
+    roster_body = roster.make(
+        "West Yorkshire",
+        [roster.Entry("Leeds", k["node-leeds"].public.key_id, "Leeds")],
+        issued,
+    )
+    roster_digest = roster.digest(roster_body)
+    roster_approval = roster.sign(roster_body, k["approver-0"])
+
     return {
         "about": (
             "Tessera wire v1 test vectors (docs/wire.md). Byte strings are given as hex "
@@ -194,6 +203,8 @@ def build() -> dict[str, Any]:
             "answer": _blob(keys.ANSWER),
             "audit_entry": _blob(keys.AUDIT_ENTRY),
             "audit_head": _blob(keys.AUDIT_HEAD),
+            "roster_digest": _blob(roster.ROSTER_DIGEST),
+            "roster_approval": _blob(roster.ROSTER_APPROVAL),
         },
         "keys": key_table,
         "canonical_json": {
@@ -226,6 +237,18 @@ def build() -> dict[str, Any]:
             "statement": _blob(signed_statement.statement),
             "signer": "node-leeds",
             "signature_hex": signed_statement.signature.hex(),
+        },
+        "roster": {
+            "canonical": _blob(canonical.encode(roster_body)),
+            "digest": roster_digest,
+            "approvals": [
+                {
+                    "signer": "approver-0",
+                    "approver_key": roster_approval.approver_key,
+                    "message_hex": (roster.ROSTER_APPROVAL + bytes.fromhex(roster_digest)).hex(),
+                    "signature_hex": roster_approval.signature.hex(),
+                }
+            ],
         },
         "audit": {
             "entry": {

@@ -354,3 +354,34 @@ def test_a_re_released_combined_only_result_still_verifies(tmp_path: Path) -> No
         assert f"asked as {first.query_id}" in " ".join(again.verification.notes)
     finally:
         r.stop()
+
+
+def test_node_keys_vouched_for_by_the_approvers(
+    region: region_lib.Region, hostile: Callable[[Tamper], None], tmp_path: Path
+) -> None:
+    """The analyst holds only the approvers' keys; the approvers sign the roster."""
+    from datetime import UTC, datetime
+
+    from tessera import roster, verify
+
+    body = roster.make(
+        "West Yorkshire test region",
+        [roster.Entry(o, region.fed.key_of(o).public.key_id, o) for o in region_lib.COUNCILS],
+        datetime.now(UTC),
+    )
+    signed = [roster.sign(body, k) for k in region.fed.approvers[:2]]
+    roster.save(tmp_path / "roster.json", body, signed)
+    trust_file = tmp_path / "trust.json"
+    approver_keys = [k.public.key_id for k in region.fed.approvers]
+    trust_file.write_text(
+        json.dumps({"approvers": {"threshold": 2, "keys": approver_keys}, "roster": "roster.json"})
+    )
+    trust = verify.load_trust(trust_file)
+    assert _client(region, trust).run_query(T1, P1).verification.ok
+
+    def tamper(r: QueryResult) -> QueryResult:
+        return dataclasses.replace(r, parts=r.parts[1:])
+
+    hostile(tamper)
+    problems = _refused(_client(region, trust))
+    assert any(p.startswith("Bradford: nodes: reported as contributing") for p in problems)

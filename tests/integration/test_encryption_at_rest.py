@@ -260,3 +260,53 @@ def test_a_node_with_a_missing_key_file_stops_with_one_line(
     assert "encryption.key_file" in err and str(missing) in err
     assert len(err.splitlines()) <= 2
     assert not (cfg.state_dir / "ledger.sqlite").exists()
+
+
+def test_a_ledger_from_before_encryption_is_refused_until_sealed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fed = fedlib.make(tmp_path)
+    cfg = fedlib.node_config(fed, "Leeds")
+    key = vault.default_key()
+    path = cfg.state_dir / "ledger.sqlite"
+    ledger = _ledger(path, key, fed.node_key)
+    release = NewRelease(
+        "b" * 64, "cin", 1, "d" * 64, {"p": 1}, "rho", 0.1, b"OLDANSWER", "population:children", 0.1
+    )
+    body = {
+        "actor": "a",
+        "template_digest": "d" * 64,
+        "params": {"p": 1},
+        "outcome": "answered",
+        "mode": "combined",
+        "message": "",
+    }
+    ledger.commit(
+        RequestRecord("r", "h" * 64, "a", "n"),
+        "b" * 64,
+        release,
+        cfg.policy("population:children"),
+        body,
+    )
+    ledger.close()
+    with sqlite3.connect(path) as con:  # as an older node wrote it: in plaintext
+        con.execute("UPDATE releases SET payload = ?, params = ?", (b"OLDANSWER", '{"p": 1}'))
+    from tessera.node import rekey
+
+    with pytest.raises(VaultError, match="seal-ledger"):
+        rekey.check_key(cfg.data_dir, path, key)
+    again = _ledger(path, key, fed.node_key)
+    with pytest.raises(VaultError, match="not sealed"):  # never served unsealed
+        again.stored_answer("b" * 64)
+    again.close()
+    config_path = tmp_path / "node.toml"
+    config_path.write_text(config.dump(cfg))
+    assert cli(["node", "seal-ledger", "--config", str(config_path)]) == 0
+    assert "sealed 1 stored answers" in capsys.readouterr().out
+    assert "OLDANSWER" not in _strings(path)
+    rekey.check_key(cfg.data_dir, path, key)
+    sealed = _ledger(path, key, fed.node_key)
+    assert sealed.stored_answer("b" * 64) == b"OLDANSWER"
+    sealed.close()
+    assert cli(["node", "seal-ledger", "--config", str(config_path)]) == 0
+    assert "sealed 0 stored answers" in capsys.readouterr().out

@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from tessera import observability
+from tessera import observability, probe
 from tessera.wire.v1 import node_pb2
 from tests.support import federation as fedlib
 
@@ -200,6 +200,10 @@ def test_the_plaintext_health_port_serves_health_only(observed: Observed) -> Non
                 response_deserializer=lambda b: b,
             )(b"", timeout=10)
         assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    # The probe containers use says the same, and fails on a port with no health server.
+    assert probe.check(f"127.0.0.1:{port}")
+    assert probe.main([f"127.0.0.1:{port}"]) == 0
+    assert not probe.check(f"127.0.0.1:{observed.node.port}", timeout=5)
     # The mTLS port still refuses a plaintext client.
     with grpc.insecure_channel(f"127.0.0.1:{observed.node.port}") as ch:
         with pytest.raises(grpc.RpcError) as e:

@@ -111,6 +111,18 @@ def _wait_port(profile: Path, proc: subprocess.Popen[bytes], log: Path, timeout:
     raise TimeoutError("Chromium did not open its DevTools port")
 
 
+def _page_target(port: int, deadline: float) -> str:
+    """The WebSocket address of the browser's first page, once it has one."""
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
+            pages = [t for t in json.load(r) if t.get("type") == "page"]
+        if pages:
+            return str(pages[0]["webSocketDebuggerUrl"])
+        if time.monotonic() > deadline:
+            raise TimeoutError("Chromium opened no page")
+        time.sleep(0.05)  # polling for readiness: the first tab appears just after the port
+
+
 def render(
     page: Path, screenshot: Path, *, chromium: str, timeout: float = 60.0, width: int = 1200
 ) -> Rendered:
@@ -129,10 +141,7 @@ def render(
             )
         try:
             port = _wait_port(profile, proc, log, timeout)
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
-                targets = json.load(r)
-            target = next(t for t in targets if t.get("type") == "page")
-            dev = _Devtools(target["webSocketDebuggerUrl"], timeout)
+            dev = _Devtools(_page_target(port, time.monotonic() + timeout), timeout)
             try:
                 for domain in ("Page", "Network", "Runtime", "Log"):
                     dev.call(f"{domain}.enable")

@@ -396,8 +396,8 @@ class DatasetInfo(_message.Message):
     lifetime_rho_spent: _builtins.float
     @_builtins.property
     def budget_total(self) -> Global___PrivacyLoss:
-        """The accountant's limit and spend in zCDP rho: its lifetime cap, or when it has
-        none, the current period's allowance.
+        """The accountant's limit and spend in zCDP rho: of its lifetime cap and the current
+        period's allowance, the one that leaves less.
         """
 
     @_builtins.property

@@ -19,6 +19,7 @@ import pytest
 
 from tessera import config as tconfig
 from tessera import schemas
+from tessera.cli.main import main as cli_main
 from tessera.node import config as node_config
 from tessera.node.config import AccountantConfig, NodeConfig, PrivacyConfig
 from tessera.node.ingest import ingest_dataset
@@ -215,6 +216,11 @@ def test_a_rolled_back_state_folder_is_refused_at_start(
     with pytest.raises(RollbackError, match="missing"):
         check_not_rolled_back(cfg, ledger)
     assert not mark.is_relative_to(cfg.state_dir)
+    # The operator's explicit way out: adopt the ledger as it stands.
+    cfg_path = tmp_path / "node.toml"
+    cfg_path.write_text(tconfig.dump(cfg))
+    assert cli_main(["node", "adopt-ledger", "--config", str(cfg_path)]) == 0
+    check_not_rolled_back(cfg, ledger)
 
 
 def test_a_ledger_from_another_history_is_refused(

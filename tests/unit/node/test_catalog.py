@@ -250,3 +250,18 @@ def test_a_plaintext_version_from_before_encryption_is_refused(
         latest = catalog.latest("police")
     assert latest is not None and latest.version == 2
     assert "unencrypted version from before encryption at rest" in caplog.text
+
+
+def test_a_newer_version_releases_older_ones_without_breaking_their_queries(
+    data: Path, catalog: DatasetCatalog
+) -> None:
+    v1, v2 = catalog.versions("police")
+    old = catalog.connect(v1)
+    running = old.cursor()  # a query on v1 is under way
+    new = catalog.connect(v2)
+    assert count(new) == 3
+    assert running.execute("SELECT count(*) FROM incidents").fetchall() == [(2,)]
+    running.close()
+    again = catalog.connect(v1)  # decrypted again on demand, not the forgotten one
+    assert again is not old and count(again) == 2
+    assert catalog.connect(v2) is new  # the newest stays cached

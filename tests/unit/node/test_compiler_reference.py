@@ -720,6 +720,16 @@ def test_choose_puts_records_without_a_date_last() -> None:
         _check(d, rows, {"count": [1, 2, 1]})
 
 
+def test_choose_orders_undated_records_by_the_keyed_order() -> None:
+    """Two undated records in different cells: the keyed order decides between them,
+    the same way in the compiler and the reference, under every key."""
+    rows = [Ed(C, None, 4, "1", True), Ed(C, None, 4, "2", True), Ed(A, None, 4, "2", True)]
+    for choose in ("latest", "earliest"):
+        stat = {"kind": "count_units", "max_cells_per_unit": 1, "choose": choose}
+        d = template_dict(group_by=[CATEGORY_DIM], statistic={**stat, "by": "arrival_date"})
+        _check(d, rows, None, totals={"count": 2})
+
+
 def _share_in_first_cell(d: dict[str, Any], rows: list[Ed], n_units: int) -> float:
     got, _ = run_health(parse(d), {}, rows)
     assert int(got["count"].sum()) == n_units

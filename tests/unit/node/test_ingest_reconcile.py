@@ -195,3 +195,50 @@ def test_return_years_in_every_form(year: int) -> None:
     assert year_converter(f"{year - 1}-{year}")[0] == str(year)
     assert year_converter(f"{year}/{year % 100:02d}")[0] is UNREADABLE_YEAR
     assert year_converter("twenty")[0] is UNREADABLE_YEAR
+
+
+_EPISODE = st.tuples(
+    st.sampled_from(["A", "B", "C"]),  # child
+    st.integers(0, 3),  # DECOM: one of four days
+    st.sampled_from(["U1", "U2", "K2"]),  # PLACE
+    st.one_of(st.none(), st.integers(10, 12)),  # DEC: open, or one of three days
+    st.integers(2021, 2024),  # YEAR
+)
+
+
+@given(st.lists(_EPISODE, min_size=1, max_size=25))
+@settings(max_examples=15, deadline=None)
+def test_reconciliation_matches_a_plain_python_reference(
+    tmp_path_factory: pytest.TempPathFactory, rows: list[tuple[str, int, str, int | None, int]]
+) -> None:
+    """Per (child, DECOM): a closed copy beats an open one, then the highest YEAR,
+    then the last in the file; every copy is counted once as kept or dropped."""
+    tmp = tmp_path_factory.mktemp("rec")
+    lines = [
+        f"{c},2024-01-0{1 + d},C2,N1,{p},{'' if e is None else f'2024-02-{e}'},{y}"
+        for c, d, p, e, y in rows
+    ]
+    path = write_text(
+        tmp / "episodes.csv", "CHILD,DECOM,LS,CIN,PLACE,DEC,YEAR\n" + "\n".join(lines) + "\n"
+    )
+    header = write_text(tmp / "header.csv", "CHILD,SEX,DOB\nA,1,2010-01-01\n")
+    report = ingest_dataset(SSDA903, {"header": [header], "episodes": [path]}, tmp / "data", NOW)
+    best: dict[tuple[str, int], tuple[tuple[bool, int, int], str, int | None]] = {}
+    for seq, (c, d, p, e, y) in enumerate(rows):
+        rank = (e is not None, y, seq)
+        if (c, d) not in best or rank > best[(c, d)][0]:
+            best[(c, d)] = (rank, p, e)
+    want = sorted(
+        (c, date(2024, 1, 1 + d), p, None if e is None else date(2024, 2, e))
+        for (c, d), (_, p, e) in best.items()
+    )
+    got = query(
+        tmp / "data" / "ssda903" / "v1.duckdb",
+        "SELECT CHILD, DECOM, PLACE, DEC FROM episodes ORDER BY 1, 2",
+    )
+    assert got == want
+    counts = report.tables["episodes"]
+    assert counts.rows_loaded == len(want)
+    assert counts.duplicates_dropped == len(rows) - len(want)
+    assert sum(report.duplicates.get("episodes", {}).values()) == len(rows) - len(want)
+    assert report.children_without_header == {"episodes": len({c for c, *_ in rows} - {"A"})}

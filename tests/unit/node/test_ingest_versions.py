@@ -187,6 +187,18 @@ def test_no_record_level_file_is_written_while_building(
     assert seen == [before | {".ingest.lock"}]
 
 
+def test_the_build_database_never_spills_to_disk() -> None:
+    from tessera.node.ingest.build import DatabaseBuilder
+
+    builder = DatabaseBuilder(POLICE)
+    try:
+        con = builder.connection
+        assert con.execute("SELECT current_setting('temp_directory')").fetchall() == [("",)]
+        assert con.execute("SELECT current_database()").fetchall() == [("memory",)]
+    finally:
+        builder.close()
+
+
 @pytest.mark.parametrize(
     "text",
     [

@@ -4,10 +4,13 @@ lifetime and per period; checked and paid inside the one write transaction."""
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tessera.clock import FixedClock
 from tessera.errors import Refusal
@@ -136,3 +139,42 @@ def test_an_old_ledger_is_migrated_keeping_every_spend_or_refused(tmp_path: Path
     spend = ledger.accountant_spend(Policy(CHILDREN, 10.0, None, None))
     assert spend.lifetime_rho == pytest.approx(2.5)
     ledger.close()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["epsilon", "rho"]),
+            st.floats(min_value=0.01, max_value=1.5),
+            st.sampled_from(["ssda903", "cin", "education"]),
+            st.integers(min_value=1, max_value=3),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.floats(min_value=0.1, max_value=3.0),
+)
+def test_any_history_composes_and_never_exceeds_the_cap(
+    history: list[tuple[str, float, str, int]], cap: float
+) -> None:
+    """Whatever mix of mechanisms, datasets and versions: the total is OpenDP's
+    composition of the paid releases' rho, never above the cap; refusals pay nothing."""
+    policy = Policy(CHILDREN, cap, None, None)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "l.sqlite"
+        ledger = Ledger(path, SigningKey.generate(), FixedClock(datetime(2026, 1, 1, tzinfo=UTC)))
+        paid = []
+        for i, (kind, cost, dataset, version) in enumerate(history):
+            release = _release(i, cost, kind, dataset, version)
+            try:
+                ledger.commit(_req(i), f"a{i}", release, policy, dict(BODY))
+            except Refusal as r:
+                assert r.code == "RESOURCE_EXHAUSTED"
+            else:
+                paid.append(release.rho)
+            total = ledger.accountant_spend(policy).lifetime_rho
+            assert total == pytest.approx(privacy.compose_rho(paid), rel=1e-9, abs=1e-12)
+            assert total <= cap * (1 + 1e-9)
+        assert sorted(_rows(path)) == pytest.approx(sorted(paid))
+        ledger.close()

@@ -753,15 +753,15 @@ def test_waiting_committers_share_head_writes(
     conn, lock = _shared(tmp_path)
     log = AuditLog.on_connection(conn, lock, key, clock)
     writes: list[int] = []
-    real = audit._write_atomic
+    real = audit._overwrite
     gate = threading.Event()
 
-    def slow_write(path: Path, data: bytes, *, durable: bool = True) -> None:
+    def slow_write(path: Path, data: bytes) -> None:
         writes.append(json.loads(data)["seq"])
         gate.wait(timeout=5)  # the first head write is slow: others commit meanwhile
-        real(path, data, durable=durable)
+        real(path, data)
 
-    monkeypatch.setattr(audit, "_write_atomic", slow_write)
+    monkeypatch.setattr(audit, "_overwrite", slow_write)
     n = 16
     done = threading.Barrier(n + 1)
 
@@ -782,7 +782,7 @@ def test_waiting_committers_share_head_writes(
         t.join(timeout=10)
     # Every commit is covered, by far fewer head writes than commits.
     assert json.loads(log.head_path.read_bytes())["seq"] == n
-    assert len(writes) <= 2, writes
+    assert 1 <= len(writes) <= 2, writes
     conn.close()
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
@@ -121,6 +121,12 @@ def test_template_review_page(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert canonical in page
     assert "<script" not in page and "http://" not in page and "https://" not in page
     assert digest in capsys.readouterr().out.replace("\n", "")
+    bad = tmp_path / "bad.toml"
+    bad.write_text(source.read_text().replace("epsilon = 0.5", "epsilon = -1"))
+    assert main(["template", "review", str(bad), "--html"], {"COLUMNS": "100"}) == 2
+    assert "refused" in capsys.readouterr().out and not bad.with_suffix(".review.html").exists()
+    assert main(["template", "show", str(bad)], {}) == 2
+    assert "privacy" in capsys.readouterr().err
 
 
 def _console(width: int) -> tuple[Console, io.StringIO]:
@@ -182,3 +188,63 @@ def test_demo_json_dash_is_stdout(
     assert "progress" in captured.err
     assert seen == {"json_path": None, "stderr": True}
     assert not (tmp_path / "-").exists()
+
+
+_BASES = [json.loads(templates.encode(templates.load_toml(p.read_text()))) for p in EXAMPLES]
+_TEXT = st.text(alphabet="abcdefghijklmnopqrstuvwxyz ABCXYZ0123456789", min_size=1, max_size=40)
+_VALUE = st.text(alphabet="abcdefghijklmnopqrstuvwxyz ABCXYZ0123456789-_/", max_size=40) | (
+    st.integers(min_value=0, max_value=10_000)
+)
+
+
+@st.composite
+def _variants(draw: st.DrawFn) -> templates.Template:
+    """A reference template with one of its values replaced, kept when it still parses."""
+    import copy
+
+    from hypothesis import assume
+
+    d = copy.deepcopy(draw(st.sampled_from(_BASES)))
+    slots: list[tuple[Any, Any]] = []
+
+    def walk(x: Any) -> None:
+        items = x.items() if isinstance(x, dict) else enumerate(x) if isinstance(x, list) else ()
+        for k, v in items:
+            if isinstance(v, dict | list):
+                walk(v)
+            elif k not in STRUCTURAL:
+                slots.append((x, k))
+
+    walk(d)
+    container, key = draw(st.sampled_from(slots))
+    old = container[key]
+    if isinstance(old, int) and not isinstance(old, bool):
+        container[key] = draw(st.integers(min_value=max(old - 3, 0), max_value=old + 3))
+    elif isinstance(old, str):
+        container[key] = draw(_TEXT)
+    else:
+        container[key] = draw(_VALUE)
+    try:
+        from tessera.templates.parse import parse
+
+        return parse(d)
+    except templates.TemplateError:
+        assume(False)
+        raise AssertionError("unreachable") from None
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(t=_variants(), width=st.integers(min_value=60, max_value=180))
+def test_every_value_of_any_valid_template_is_shown(t: templates.Template, width: int) -> None:
+    from tessera.cli.template_remote import show_template
+
+    con, buf = _console(width)
+    show_template(con, t.id, t, templates.digest(t), [])
+    out = buf.getvalue()
+    assert max(len(line) for line in out.splitlines()) <= width
+    shown, joined = _flat(out), out.replace("\n", "").replace(" ", "")
+    for key, value in _leaves(json.loads(templates.encode(t))):
+        if key in STRUCTURAL or isinstance(value, bool):
+            continue
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        assert _flat(text) in shown or text.replace(" ", "") in joined, (key, text)

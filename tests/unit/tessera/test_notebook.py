@@ -154,3 +154,25 @@ def test_verification_outcomes() -> None:
     r = _result()
     object.__setattr__(r, "verification", {"ok": False, "problems": ["Leeds: signature"]})
     assert notebook.verification(r) == ("failed", "Leeds: signature")
+
+
+@pytest.mark.parametrize("missing", ["pandas", "matplotlib"])
+def test_without_the_extra_it_says_what_to_install(
+    missing: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, missing, None)  # import now raises ImportError
+    call = _result().to_pandas if missing == "pandas" else _result().plot
+    with pytest.raises(ImportError, match=rf"tessera\[notebook\].*pip install {missing}"):
+        call()
+    assert _result().to_rows()  # the rest still works
+
+
+def test_from_env_names_what_is_missing() -> None:
+    from tessera.client import Client
+
+    with pytest.raises(ValueError, match="TESSERA_COORDINATOR, TESSERA_TLS_DIR, TESSERA_IDENTITY"):
+        Client.from_env({})
+    with pytest.raises(ValueError, match=r"set TESSERA_IDENTITY$"):
+        Client.from_env({"TESSERA_COORDINATOR": "localhost:1", "TESSERA_TLS_DIR": "/nowhere"})

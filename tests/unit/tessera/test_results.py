@@ -154,3 +154,33 @@ def test_a_mean_cell() -> None:
 
 def test_output_rules() -> None:
     assert _template("cla-by-age-and-placement", 2, round_to=5).output == Output(5, 5)
+
+
+def test_the_coordinator_refuses_an_answer_whose_noise_does_not_fit() -> None:
+    from tessera.coordinator.combine import check_answer
+    from tessera.coordinator.model import Loss, NodeAnswer
+
+    t = templates.load_toml((EXAMPLES / "cla-by-age-and-placement.toml").read_text())
+    digest = templates.digest(t)
+
+    def answer(noise: list[NoisePart]) -> NodeAnswer:
+        m = results.Measure("count", (5,) * t.n_cells, 8.0, 6.0, 7.0, tuple(noise))
+        return NodeAnswer(
+            organisation="Leeds",
+            template_digest=digest,
+            dataset=t.dataset,
+            dataset_version=1,
+            statistic=t.statistic.kind.value,
+            dimensions=tuple((d.name, d.labels) for d in t.group_by),
+            measures={"count": m},
+            cells=tuple(results.release(t, {"count": m})),
+            cost=Loss("epsilon", 0.5),
+            charged=0.5,
+            from_cache=False,
+        )
+
+    assert check_answer(t, digest, "Leeds", answer([NoisePart(LAPLACE, 2.0)])) is None
+    assert check_answer(t, digest, "Leeds", answer([])) is None  # an older node
+    for bad in ([NoisePart(GAUSSIAN, 2.0)], [NoisePart(LAPLACE, 2.0)] * 2):
+        why = check_answer(t, digest, "Leeds", answer(bad))
+        assert why is not None and "noise" in why

@@ -166,8 +166,6 @@ def test_a_tls_key_others_can_read_is_refused_with_the_fix(tmp_path: Path) -> No
 
 
 def test_node_certificates_name_only_their_node(tmp_path: Path) -> None:
-    from cryptography import x509
-
     fed = tls.make_federation(
         tmp_path,
         nodes=["Leeds", "NHS-Trust.B"],
@@ -278,6 +276,17 @@ def test_cli_certs_writes_a_federation(tmp_path: Path, capsys: pytest.CaptureFix
         assert mode(out / f"{name}.key") == 0o600
         assert str(out / f"{name}.crt") in captured.out
     assert load(out / "alice.crt").subject.rfc4514_string() == "O=Analysts Ltd,CN=alice"
+    # Each node's certificate names that node only; the coordinator keeps the local names.
+    for node in ("council-a", "trust-b"):
+        sans = load(out / f"{node}.crt").extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        )
+        assert [str(n) for n in sans.value.get_values_for_type(x509.DNSName)] == [
+            f"{node}.node.tessera"
+        ]
+        assert sans.value.get_values_for_type(x509.IPAddress) == []
+    coord = load(out / "coord.crt").extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert coord.value.get_values_for_type(x509.DNSName) == ["localhost"]
 
     # Existing certificates are not overwritten without --force.
     assert certs([str(out), "--user", "alice"]) == 1

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from tessera import answers, audit, canonical, keys, requests, templates
+from tessera import answers, approvals, audit, canonical, keys, requests, roster, templates
 from tessera.wire import vectors
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -76,6 +76,8 @@ def test_domain_tags(v: dict[str, Any]) -> None:
         "answer": keys.ANSWER,
         "audit_entry": keys.AUDIT_ENTRY,
         "audit_head": keys.AUDIT_HEAD,
+        "roster_digest": b"tessera/v1/roster\x00",
+        "roster_approval": b"tessera/v1/roster-approval\x00",
     }
     assert all(t.startswith(b"tessera/v1/") and t.endswith(b"\x00") for t in tags.values())
 
@@ -141,6 +143,27 @@ def test_answer_statement(v: dict[str, Any]) -> None:
     assert st.organisation == "Leeds" and st.audit_seq == v["audit"]["entry"]["seq"]
     kind, cost, measures = answers.measures_from_payload(payload)
     assert (kind, cost) == ("epsilon", 1.0) and measures["count"].values == (12, 0, -1, 7)
+
+
+def test_roster_digest_and_approval(v: dict[str, Any]) -> None:
+    r = v["roster"]
+    body = _bytes(r["canonical"])
+    digest = hashlib.sha256(_domain(v, "roster_digest") + body).hexdigest()
+    assert digest == r["digest"]
+    for a in r["approvals"]:
+        message = _domain(v, "roster_approval") + bytes.fromhex(digest)
+        assert message.hex() == a["message_hex"]
+        _verifies(v, a["signer"], message, a["signature_hex"])
+    entries = roster.verify(
+        json.loads(body),
+        [
+            approvals.Approval(a["approver_key"], bytes.fromhex(a["signature_hex"]))
+            for a in r["approvals"]
+        ],
+        [v["keys"]["approver-0"]["key_id"]],
+        1,
+    )
+    assert entries["Leeds"].node_key == v["keys"]["node-leeds"]["key_id"]
 
 
 def test_audit_entry_and_head(v: dict[str, Any]) -> None:
