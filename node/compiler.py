@@ -245,9 +245,11 @@ def compile_query(
     where.append(f"{unit} IS NOT NULL")
     if exclude_opted_out and ds.opt_out_column is not None:
         # Per person: one opted-out record, or one whose status is unknown, leaves the
-        # unit out entirely, whatever the template's filters.
+        # unit out entirely, whatever the template's filters. (The source is written
+        # out again rather than named: a second reference to `src` would make DuckDB
+        # materialise it, every column of every row.)
         where.append(
-            f"{unit} NOT IN (SELECT {unit} FROM src WHERE {unit} IS NOT NULL "
+            f"{unit} NOT IN (SELECT {unit} FROM ({source.sql}) WHERE {unit} IS NOT NULL "
             f"AND coalesce({_q(ds.opt_out_column)}, TRUE))"
         )
     where.extend(value_present)
@@ -273,7 +275,14 @@ def compile_query(
             sign = "-" if stat.choose is Choice.LATEST else ""
             day = f"coalesce({sign}(b - DATE '1970-01-01'), 0)"
             order = f"{{'missing': b IS NULL, 'day': {day}, 'k': k}}"
-        if stat.max_cells_per_unit == 1:
+        if stat.max_cells_per_unit == 1 and stat.choose is None:
+            # The lowest key's low bits are its cell: a plain min, no arg_min needed.
+            mask = (1 << _CELL_BITS) - 1
+            body = (
+                f"SELECT cell, count(*) FROM (SELECT CAST(min(k) & {mask} AS INTEGER) AS cell "
+                "FROM g GROUP BY u) GROUP BY cell"
+            )
+        elif stat.max_cells_per_unit == 1:
             body = (
                 f"SELECT cell, count(*) FROM (SELECT arg_min(cell, {order}) AS cell "
                 "FROM g GROUP BY u) GROUP BY cell"

@@ -225,3 +225,75 @@ def approx_epsilon(rho: float, delta: float) -> float:
     m: Any = dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(_spent(rho)), delta)
     eps, _ = m.map(1)
     return float(eps)
+
+
+# -- secure aggregation: one node's share of a distributed discrete Gaussian ---------
+
+
+@dataclass(frozen=True)
+class NoiseShare:
+    """One node's noise for a secure-aggregation sum that meets `rho` with >= t shares.
+
+    The sum of t independent discrete Gaussians of scale σ is not itself a discrete
+    Gaussian. Kairouz, Liu and Steinke (ICML 2021, Theorem 1) bound it: for
+    σ >= 1/2 it is (ε²/2)-zCDP with ε² <= Δ₂²/(tσ²) + τ·d/2, where
+    τ = 10·Σ_{k=1}^{t-1} exp(-2π²σ²·k/(k+1)) and d is the number of cells. So
+    ρ = Δ₂²/(2tσ²) + τ·d/4: the first term is OpenDP's map of one discrete Gaussian
+    of scale σ√t (`central_rho`); the second (`excess_rho`) is computed here from
+    that formula. More than t contributors only add independent noise, which
+    cannot raise ρ (post-processing)."""
+
+    scale: float
+    threshold: int
+    cells: int
+    central_rho: float
+    excess_rho: float
+    rho: float
+
+
+def _kls_excess_rho(scale: float, threshold: int, cells: int) -> float:
+    tau = 10 * math.fsum(
+        math.exp(-2 * math.pi**2 * scale**2 * k / (k + 1)) for k in range(1, threshold)
+    )
+    return tau * cells / 4
+
+
+def _noise_share_rho(scale: float, l2: float, threshold: int, cells: int) -> tuple[float, float]:
+    central = float(_gaussian(scale * math.sqrt(threshold)).map(float(l2)))
+    return central, _kls_excess_rho(scale, threshold, cells)
+
+
+def secagg_noise_share(rho: float, l2: float, threshold: int, cells: int) -> NoiseShare:
+    """The smallest per-node scale (to bisection precision) whose t-node sum meets `rho`."""
+    if threshold < 2 or cells < 1:
+        raise CalibrationError("secure aggregation needs a threshold of at least 2")
+    central_scale, _ = _calibrate("rho", float(l2), float(l2), float(rho))
+    limit = rho * (1 + _TOLERANCE)
+
+    def total(s: float) -> float:
+        return math.fsum(_noise_share_rho(s, l2, threshold, cells))
+
+    # KLS's theorem needs σ >= 1/2; a larger σ only adds noise.
+    low = max(central_scale / math.sqrt(threshold), 0.5)
+    scale = low
+    if total(low) > limit:
+        high = low * 2
+        while total(high) > limit:
+            high *= 2
+            if high > MAX_GAUSSIAN_SCALE:
+                raise CalibrationError("no per-node noise scale meets the declared rho")
+        for _ in range(60):
+            mid = (low + high) / 2
+            low, high = (low, mid) if total(mid) <= limit else (mid, high)
+        scale = high
+    central, excess = _noise_share_rho(scale, l2, threshold, cells)
+    if central + excess > limit:
+        raise CalibrationError("OpenDP could not calibrate a noise share within the declared rho")
+    return NoiseShare(scale, threshold, cells, central, excess, central + excess)
+
+
+def add_noise_share(share: NoiseShare, exact: IntVector) -> IntVector:
+    """This node's exact cells plus its discrete Gaussian share (OpenDP's draw)."""
+    if exact.shape != (share.cells,):
+        raise CalibrationError("the vector does not have the calibrated number of cells")
+    return np.asarray(_gaussian(share.scale)(exact.tolist()), dtype=np.int64)

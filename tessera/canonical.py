@@ -19,6 +19,8 @@ from typing import Any
 
 import rfc8785
 
+MAX_SAFE_INTEGER = 2**53 - 1
+
 
 class CanonicalError(ValueError):
     pass
@@ -52,7 +54,7 @@ def decode(data: bytes, *, max_bytes: int = 1 << 20) -> Any:
     if len(data) > max_bytes:
         raise CanonicalError(f"encoding is {len(data)} bytes, over the limit of {max_bytes}")
     try:
-        value = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+        value = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant, parse_int=_number)
     except CanonicalError:
         raise
     except (ValueError, RecursionError) as e:
@@ -62,6 +64,13 @@ def decode(data: bytes, *, max_bytes: int = 1 << 20) -> Any:
     if encode(value) != data:
         raise CanonicalError("bytes are not in canonical form")
     return value
+
+
+def _number(text: str) -> int | float:
+    """JSON numbers are binary64 in RFC 8785: an integer literal beyond 2^53 - 1 is read
+    as the double it denotes (and is canonical only if that double is written so)."""
+    n = int(text)
+    return n if abs(n) <= MAX_SAFE_INTEGER else float(text)
 
 
 def _refuse_constant(name: str) -> Any:

@@ -28,6 +28,8 @@ AUDIT_ENTRY = b"tessera/v1/audit-entry\x00"
 AUDIT_HEAD = b"tessera/v1/audit-head\x00"
 # A node's statement of what it released for a request (tessera.answers).
 ANSWER = b"tessera/v1/answer\x00"
+# A node's messages in a secure-aggregation session (tessera.secagg).
+SECAGG = b"tessera/v1/secagg\x00"
 # The coordinator's receipt log entries reuse AUDIT_ENTRY / AUDIT_HEAD (tessera.audit).
 
 

@@ -289,16 +289,29 @@ class Ops:
         from grpc_health.v1 import health_pb2_grpc
 
         if options.metrics:
-            self._http, self.metrics_port = metrics.serve_http(options.metrics)
+            try:
+                self._http, self.metrics_port = metrics.serve_http(options.metrics)
+            except ValueError as e:
+                raise PortError(f"--metrics: {e}") from None
+            except OSError as e:
+                raise PortError(
+                    f"--metrics: cannot listen on {options.metrics}: {e.strerror}"
+                ) from None
         if options.health:
             from concurrent import futures
 
-            split_address(options.health)
+            try:
+                split_address(options.health)
+            except ValueError as e:
+                raise PortError(f"--health: {e}") from None
             server = grpc.server(
                 futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.so_reuseport", 0)]
             )
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-            port = _bind(server, options.health, None)
+            try:
+                port = _bind(server, options.health, None)
+            except PortError as e:
+                raise PortError(f"--health: {e}") from None
             server.start()
             self._health = server
             self.health_port = port

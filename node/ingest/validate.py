@@ -289,7 +289,11 @@ class HeaderMap:
 
 # Ingest-only columns read from any file that has them: header key -> name.
 RETURN_YEAR: Final = "YEAR"
-EXTRA_COLUMNS: Final = {"year": RETURN_YEAR, "collectionyear": RETURN_YEAR}
+EXTRA_COLUMNS: Final = {
+    "year": RETURN_YEAR,
+    "collection_year": RETURN_YEAR,
+    "collectionyear": RETURN_YEAR,
+}
 
 
 def map_header(table: Table, header: Sequence[str]) -> HeaderMap:

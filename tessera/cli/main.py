@@ -68,4 +68,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 
 
 def entry() -> None:
+    # gRPC's C core would log its own copy of errors we report in one line (a port in
+    # use, say); GRPC_VERBOSITY=ERROR (or DEBUG) brings its log back.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     sys.exit(main())

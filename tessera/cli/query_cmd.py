@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
-from tessera import notebook, requests, verify
+from tessera import notebook, requests
 from tessera.cli.output import add_json_arg, console, print_table, write_json
 from tessera.cli.remote import UsageError, add_connection_args, connect, handles_errors
 from tessera.client import Cell, Client, ClientError, NodeReport, QueryInfo, QueryResult
@@ -102,14 +102,15 @@ def register(sub: Any) -> None:
         "verify",
         help="check a past query's result against the nodes' signed answers",
         description="Checks each node's signed answer statement with the node keys in "
-        'TRUST_FILE (JSON {"nodes": {organisation: "ed25519:..."}}, from your '
-        "federation, not from the coordinator), that each answers your signed request, "
+        'TRUST_FILE (--trust or TESSERA_TRUST: JSON {"nodes": {organisation: "ed25519:..."}}'
+        ", or approver keys and a roster they signed; from your federation, never from "
+        "the coordinator), that each answers your signed request, "
         "and recomputes the figures when the template permits a per-node breakdown. "
         "Exit 0 when it verifies, 1 when it does not (each failure names the node and "
         "the part).",
     )
     check.add_argument("query_id", metavar="QUERY_ID")
-    check.add_argument("--trust", type=Path, required=True, metavar="TRUST_FILE")
+    _add_trust(check)
     add_connection_args(check)
     check.set_defaults(handler=_verify_cmd)
 
@@ -209,12 +210,10 @@ def _report_cmd(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 @handles_errors
 def _verify_cmd(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    try:
-        trust = verify.load_trust(args.trust)
-    except verify.TrustError as e:
-        raise UsageError(str(e)) from None
     with connect(args, environ, signing=False) as client:
-        result = client.verify_query(args.query_id, trust)
+        if client.trust is None:
+            raise UsageError("give the node keys to trust: --trust FILE or TESSERA_TRUST")
+        result = client.verify_query(args.query_id)
     print(result.summary())
     for note in result.notes:
         print(f"note: {note}")

@@ -15,7 +15,7 @@ import grpc
 from tessera import approvals, canonical, requests, templates
 from tessera.keys import SigningKey
 from tessera.templates.model import Mode, Template
-from tessera.tls import TlsFiles
+from tessera.tls import TlsFiles, pinned_options
 from tessera.wire.v1 import common_pb2, node_pb2, node_pb2_grpc
 
 
@@ -64,8 +64,19 @@ def execute_request(
 
 
 class NodeDriller:
-    def __init__(self, tls: TlsFiles, port: int, organisation: str, dataset: str) -> None:
-        self.channel = grpc.secure_channel(f"localhost:{port}", tls.load().channel_credentials())
+    def __init__(
+        self,
+        tls: TlsFiles,
+        port: int,
+        organisation: str,
+        dataset: str,
+        identity: str | None = None,
+    ) -> None:
+        # Talking to a node directly: pin its certificate identity, as the coordinator does.
+        options = pinned_options(identity) if identity else []
+        self.channel = grpc.secure_channel(
+            f"localhost:{port}", tls.load().channel_credentials(), options=options
+        )
         self.stub = node_pb2_grpc.NodeServiceStub(self.channel)
         self.organisation = organisation
         self.dataset = dataset
@@ -103,10 +114,13 @@ def run_drills(
     police_periods: Sequence[Mapping[str, Any]],
     approvers: Sequence[SigningKey],
     analyst: SigningKey,
+    identities: Mapping[str, str] | None = None,
 ) -> tuple[list[DrillResult], list[DrillResult]]:
-    """Returns (drills, setup spends made to exhaust the police budget)."""
+    """Returns (drills, setup spends made to exhaust the police budget). `identities`
+    maps an organisation to its node's certificate identity, which is pinned."""
+    ids = dict(identities or {})
     org, port = councils
-    node = NodeDriller(tls, port, org, t_council.dataset)
+    node = NodeDriller(tls, port, org, t_council.dataset, ids.get(org))
     good = signed_template(t_council, approvers[:2])
     drills = []
     try:
@@ -152,7 +166,7 @@ def run_drills(
 
     # 5. Spend the police budget down with distinct questions, then one more.
     porg, pport = police
-    pnode = NodeDriller(tls, pport, porg, t_police.dataset)
+    pnode = NodeDriller(tls, pport, porg, t_police.dataset, ids.get(porg))
     setup = []
     try:
         pst = signed_template(t_police, approvers[1:3])

@@ -198,6 +198,7 @@ def _run_in(root: Path, options: DemoOptions, console: Console) -> dict[str, Any
                 police_periods=periods,
                 approvers=[layout.keys[n] for n in federation.APPROVERS],
                 analyst=layout.keys[federation.ANALYST],
+                identities={s.organisation: s.slug for s in layout.nodes},
             ),
         )
         nodes_info = [

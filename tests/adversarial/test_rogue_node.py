@@ -79,3 +79,24 @@ def test_a_rogue_node_with_another_nodes_certificate_is_refused(
         assert rogue.service.ledger.audit_log.last() is None
     finally:
         rogue.stop(0)
+
+
+def test_a_client_talking_to_a_node_directly_pins_it_too(region: region_lib.Region) -> None:
+    import grpc
+
+    from tessera.demo.drills import NodeDriller
+    from tessera.wire.v1 import node_pb2
+
+    tls = region.fed.tls("coordinator")
+    bradford = region.nodes["Bradford"].port
+    right = NodeDriller(tls, bradford, "Bradford", "ssda903", "Bradford")
+    wrong = NodeDriller(tls, bradford, "Leeds", "ssda903", "Leeds")
+    try:
+        reply = right.stub.Describe(node_pb2.DescribeRequest(), timeout=10)
+        assert reply.organisation == "Bradford"
+        with pytest.raises(grpc.RpcError) as e:
+            wrong.stub.Describe(node_pb2.DescribeRequest(), timeout=10)
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        right.close()
+        wrong.close()

@@ -191,3 +191,33 @@ def test_the_server_module_entry_point_behaves_the_same(setup: Setup) -> None:
 def test_tls_config_is_the_shared_section() -> None:
     # The cases above break [tls] through the shared dataclass: keep them in step.
     assert [f.name for f in dataclasses.fields(TlsConfig)] == ["cert", "key", "ca"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--metrics", "127.0.0.1:99999", "--metrics"),
+        ("--health", "nowhere", "--health"),
+        ("--metrics", "HELD", "cannot listen"),
+        ("--health", "HELD", "cannot listen"),
+    ],
+)
+def test_a_bad_ops_port_is_one_short_message_and_exit_2(
+    setup: Setup, flag: str, value: str, says: str
+) -> None:
+    import socket
+
+    setup.path.write_text(config.dump(setup.cfg))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        if value == "HELD":
+            value = f"127.0.0.1:{held.getsockname()[1]}"
+        out = subprocess.run(
+            [*TESSERA, "coordinator", "serve", "--config", str(setup.path), flag, value],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    lines = _short(out)
+    assert says in lines[0] and flag in lines[0]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -143,14 +144,23 @@ def _template(name: str, edits: Mapping[str, str] | None = None) -> Template:
 
 def _stock_template(*, unknown: bool) -> Template:
     """The reference template, with the semantics the lead settled on: a child's cell
-    is its latest-starting open episode's (added here if the example lacks it)."""
+    is its latest-starting open episode's (added here if the example lacks it); with
+    ``unknown``, children without a DOB fall in the age dimension's unknown cell,
+    without it they are excluded (the line is added or removed as needed)."""
     text = (EXAMPLES / "cla-by-age-and-placement.toml").read_text()
     edits: dict[str, str] = {}
     if 'choose = "latest"' not in text:
         edits["max_cells_per_unit = 1"] = 'max_cells_per_unit = 1\nchoose = "latest"\nby = "DECOM"'
-    if unknown and "unknown =" not in text.split("[[group_by]]")[1]:
+    age = text.split("[[group_by]]")[1]
+    declared = re.search(r'^unknown = "[^"]*"\n', age, re.MULTILINE)
+    if unknown and declared is None:
         edits['birth_column = "DOB"'] = 'birth_column = "DOB"\nunknown = "Age unknown"'
-    return _template("cla-by-age-and-placement", edits)
+    if not unknown and declared is not None:
+        edits[declared[0]] = ""
+    t = _template("cla-by-age-and-placement", edits)
+    age_dim = t.group_by[0]
+    assert isinstance(age_dim, BandsDim) and (age_dim.unknown is not None) == unknown
+    return t
 
 
 def _run(catalog: DatasetCatalog, version: object, t: Template, raw: dict[str, str]) -> dict:

@@ -141,6 +141,7 @@ def test_a_second_node_on_the_same_port_and_ledger_exits_2(node_config_file: Pat
         assert "ready" not in second.stdout
         assert f"cannot listen on 127.0.0.1:{port}" in second.stderr
         assert "Traceback" not in second.stderr
+        assert 1 <= len(second.stderr.strip().splitlines()) <= 2, second.stderr
         assert first.poll() is None  # the first node serves on
     finally:
         _stop(first)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tessera.node.ingest import IngestError, ingest_dataset
 from tessera.schemas import DATASETS
@@ -116,3 +118,78 @@ def test_census_is_only_for_cin(tmp_path: Path) -> None:
     path = write_text(tmp_path / "census.xml", XML)
     with pytest.raises(IngestError, match="has no table 'census'"):
         ingest_dataset(DATASETS["ssda903"], {"census": [path]}, tmp_path / "data", NOW)
+
+
+_DAY = st.integers(0, 400)
+
+
+@st.composite
+def _census(draw: st.DrawFn) -> dict[str, dict[str, list[str]]]:
+    """Small consistent cin tables: every plan starts on or after one of its child's
+    referrals, so that the census forms can file it under a CINdetails."""
+    base = date(2023, 1, 1)
+    tables: dict[str, dict[str, list[str]]] = {
+        "children": {k: [] for k in ("child_id", "dob", "sex", "upn", "nhs_number")},
+        "referrals": {
+            k: [] for k in ("child_id", "referral_date", "referral_source", "primary_need", "nfa")
+        },
+        "cin_episodes": {k: [] for k in ("child_id", "start_date", "end_date", "primary_need")},
+        "cp_plans": {k: [] for k in ("child_id", "start_date", "end_date", "initial_category")},
+    }
+
+    def add(table: str, *values: str) -> None:
+        for k, v in zip(tables[table], values, strict=True):
+            tables[table][k].append(v)
+
+    for n in range(draw(st.integers(1, 5))):
+        cid = f"K{n}"
+        add("children", cid, (base - timedelta(days=3000 + n)).isoformat(), "12"[n % 2], "", "")
+        days = sorted(draw(st.sets(_DAY, min_size=1, max_size=3)))
+        for d in days:
+            when = (base + timedelta(days=d)).isoformat()
+            need = draw(st.sampled_from(["N1", "N4", "N9"]))
+            nfa = draw(st.booleans())
+            add("referrals", cid, when, "1A", need, "true" if nfa else "false")
+            if not nfa:
+                end = draw(st.one_of(st.none(), st.integers(1, 90)))
+                end_s = "" if end is None else (base + timedelta(days=d + end)).isoformat()
+                add("cin_episodes", cid, when, end_s, need)
+        if draw(st.booleans()):
+            start = (base + timedelta(days=days[0] + draw(st.integers(0, 30)))).isoformat()
+            cat = draw(st.sampled_from(["NEGLECT", "PHYSICAL", "SEXUAL", "EMOTIONAL", "MULTIPLE"]))
+            add("cp_plans", cid, start, "", cat)
+    return tables
+
+
+def _rows(t: dict[str, list[str]], cols: tuple[str, ...]) -> list[tuple[object, ...]]:
+    def cell(k: str, v: str) -> object:
+        if k in ("dob", "referral_date", "start_date", "end_date"):
+            return date.fromisoformat(v) if v else None
+        if k == "nfa":
+            return v == "true"
+        return v or None
+
+    n = len(t[cols[0]])
+    return sorted(tuple(cell(k, t[k][i]) for k in cols) for i in range(n))
+
+
+@given(_census(), st.sampled_from(["xml", "flat"]))
+@settings(max_examples=15, deadline=None)
+def test_census_forms_round_trip(
+    tmp_path_factory: pytest.TempPathFactory, cin: dict[str, dict[str, list[str]]], form: str
+) -> None:
+    from tessera.synth.census import census_flat_csv, census_xml
+
+    tmp = tmp_path_factory.mktemp("census")
+    text = census_xml(cin, 2024) if form == "xml" else census_flat_csv(cin)
+    report = _ingest(tmp, f"census.{'xml' if form == 'xml' else 'csv'}", text)
+    assert report.rows_rejected == 0
+    db = tmp / "data" / "cin" / "v1.duckdb"
+    for table, cols in (
+        ("children", ("child_id", "dob", "sex")),
+        ("referrals", ("child_id", "referral_date", "primary_need", "nfa")),
+        ("cin_episodes", ("child_id", "start_date", "end_date", "primary_need")),
+        ("cp_plans", ("child_id", "start_date", "initial_category")),
+    ):
+        got = query(db, f"SELECT {', '.join(cols)} FROM {table} ORDER BY ALL")
+        assert got == _rows(cin[table], cols), table

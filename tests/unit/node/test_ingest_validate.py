@@ -122,6 +122,7 @@ def test_headers_match_ignoring_case_and_spaces() -> None:
     assert m.positions == {"CHILD": 0, "DECOM": 1, "LS": 2, "CIN": 3, "PLACE": 4}
     assert m.ignored == ["la", "column 8 (name not shown)"]
     assert m.extra == {"YEAR": 6}
+    assert map_header(EPISODES, ["CHILD", "DECOM", "Collection_Year"]).extra == {"YEAR": 2}
     assert m.problems == []
     assert "DEC" in m.absent and "CHILD" not in m.absent
 
