@@ -23,7 +23,7 @@ from tessera import templates
 from tessera.demo.drills import execute_request, signed_template
 from tessera.demo.processes import Child, Processes
 from tessera.keys import SigningKey
-from tessera.node import vault
+from tessera.node import secret, vault
 from tessera.templates.model import Analyst, Template
 from tessera.tls import TlsFiles, make_federation
 from tessera.wire.v1 import common_pb2, node_pb2
@@ -92,6 +92,9 @@ class Cluster:
         self.approvers = {n: SigningKey.generate() for n in APPROVERS}
         self.analysts = {n: SigningKey.generate() for n in self.analyst_names}
         self.procs = Processes(root / "logs")
+        # Each node's secret (made here, before the node starts, so the harness can
+        # recompute a node's exact answers for the accuracy figures).
+        self.secrets: dict[str, bytes] = {}
 
     # -- parties -------------------------------------------------------------------
 
@@ -127,6 +130,7 @@ class Cluster:
         base = self.root / "nodes" / spec.slug
         base.mkdir(parents=True, exist_ok=True)
         SigningKey.generate().save(base / "node.key")
+        self.secrets[spec.slug] = secret.load_or_create(base / "state")
         tls = self.tls(spec.slug)
         cfg: dict[str, Any] = {
             "organisation": spec.organisation,

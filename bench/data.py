@@ -1,5 +1,9 @@
 """Synthetic `health` data at benchmark scale, written straight into the node's
-storage layout (``<data_dir>/health/v<N>.duckdb`` + manifest) with DuckDB SQL.
+storage layout (``<data_dir>/health/v<N>.sealed`` + manifest) with DuckDB SQL.
+
+A plaintext copy of the same rows stays beside it (``<data_dir>/plain.duckdb``,
+in the benchmark's temporary folder only) for the engines the node is compared
+with (SmartNoise SQL, OpenDP on numpy, bare DuckDB) and for the accuracy checks.
 
 CSV ingest would take minutes at 10^7 rows; ``INSERT ... SELECT FROM range(n)``
 takes seconds. Values come from DuckDB's ``hash()`` of the row number and a
@@ -10,8 +14,6 @@ people (the NHS number starts with the seed), so nodes hold disjoint populations
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,10 +26,9 @@ from tessera import schemas
 from tessera.clock import isoformat
 from tessera.node.ingest.build import DUCKDB_TYPES
 from tessera.node.ingest.manifest import (
-    WORK_PREFIX,
     Manifest,
     content_sha256,
-    db_path,
+    manifest_path,
     ingest_lock,
     next_version,
     publish,
@@ -39,6 +40,7 @@ DATASET = "health"
 TABLE = "ed_attendances"
 FIRST_DAY = "2016-01-01"
 DAYS = 3653  # 2016-01-01 .. 2025-12-31
+PLAIN = "plain.duckdb"
 
 # One row per attendance; about two attendances per person. Age is the person's;
 # 5% of categories are not recorded; 3% of people opted out.
@@ -59,14 +61,15 @@ FROM (SELECT i, hash(i, $seed, 1) % $units AS u, hash(i, $seed, 4) % 100 AS c
 
 @dataclass(frozen=True)
 class Generated:
-    data_dir: Path  # a node's data_dir: holds health/v1.duckdb and its manifest
+    data_dir: Path  # a node's data_dir: holds health/v1.sealed and its manifest
     records: int
     seed: int
     seconds: float
 
     @property
     def database(self) -> Path:
-        return db_path(self.data_dir / DATASET, 1)
+        """The plaintext copy (benchmark only; a node never reads it)."""
+        return self.data_dir / PLAIN
 
 
 def _create_sql() -> str:
@@ -88,22 +91,19 @@ def generate(data_dir: Path, records: int, seed: int) -> Generated:
         raise ValueError("seed must be 0..99")
     dataset_dir = data_dir / DATASET
     start = datetime.now(UTC)
-    if db_path(dataset_dir, 1).exists() and (dataset_dir / "v1.json").exists():
+    if (data_dir / PLAIN).exists() and manifest_path(dataset_dir, 1).exists():
         return Generated(data_dir, records, seed, 0.0)
     dataset_dir.mkdir(parents=True, exist_ok=True)
     with ingest_lock(dataset_dir):
         remove_leftovers(dataset_dir)
-        work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=dataset_dir))
+        plain = data_dir / PLAIN
+        plain.unlink(missing_ok=True)
+        con = duckdb.connect(str(plain))
+        con.execute("SET enable_progress_bar = false")
         try:
-            built = work / "build.duckdb"
-            con = duckdb.connect(str(built))
-            con.execute("SET enable_progress_bar = false")
-            try:
-                con.execute(_create_sql())
-                con.execute(_INSERT, {"seed": seed, "units": max(records // 2, 1), "n": records})
-                con.execute("CHECKPOINT")
-            finally:
-                con.close()
+            con.execute(_create_sql())
+            con.execute(_INSERT, {"seed": seed, "units": max(records // 2, 1), "n": records})
+            con.execute("CHECKPOINT")
             tag = hashlib.sha256(f"bench:{DATASET}:{records}:{seed}".encode()).hexdigest()
             manifest = Manifest(
                 dataset=DATASET,
@@ -113,9 +113,9 @@ def generate(data_dir: Path, records: int, seed: int) -> Generated:
                 loaded_at=isoformat(start),
                 tables={TABLE: TableCounts(records, 0)},
             )
-            publish(dataset_dir, built, manifest)
+            publish(dataset_dir, con, manifest)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            con.close()
     return Generated(data_dir, records, seed, (datetime.now(UTC) - start).total_seconds())
 
 

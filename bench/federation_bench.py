@@ -119,7 +119,12 @@ def _throughput(
     }
 
 
-def _accuracy(t: Template, asked: Sequence[Asked], db_of: dict[str, Generated]) -> dict[str, Any]:
+def _accuracy(
+    t: Template,
+    asked: Sequence[Asked],
+    db_of: dict[str, Generated],
+    key_of: dict[str, bytes],
+) -> dict[str, Any]:
     """Empirical RMS error of the combined cells against the exact sums, over the RMS of
     one central mechanism at the template's ε (the nodes hold disjoint people, so a
     central release of the pooled data would cost the same privacy loss)."""
@@ -129,9 +134,17 @@ def _accuracy(t: Template, asked: Sequence[Asked], db_of: dict[str, Generated]) 
     suppressed = 0
     try:
         for a in asked:
-            q = compiler.compile_query(t, templates.bind(t, a.params), exclude_opted_out=True)
+            values = templates.bind(t, a.params)
             exact = sum(
-                (compiler.run(cons[org].cursor(), q)["count"] for org in a.audience),
+                (
+                    compiler.run(
+                        cons[org].cursor(),
+                        compiler.compile_query(
+                            t, values, exclude_opted_out=True, order_key=key_of[org]
+                        ),
+                    )["count"]
+                    for org in a.audience
+                ),
                 start=np.zeros(t.n_cells, dtype=np.int64),
             )
             for c in a.result.cells:
@@ -175,6 +188,7 @@ def run(
     first = cluster.analyst_names[0]
     orgs = [s.organisation for s in specs]
     db_of = {s.organisation: g for s, g in zip(specs, data, strict=False)}
+    key_of = {s.organisation: cluster.secrets[s.slug] for s in specs}
     out: dict[str, Any] = {"latency": {}, "throughput": {}, "accuracy": {}}
     try:
         for n in plan.node_counts:
@@ -200,7 +214,7 @@ def run(
                 "nodes_cpu_ms_per_query": round(sum(used.values()) - used[coord.name], 1),
                 "coordinator_cpu_ms_per_query": round(used[coord.name], 1),
             }
-            out["accuracy"][str(n)] = _accuracy(t, asked[-plan.accuracy_queries :], db_of)
+            out["accuracy"][str(n)] = _accuracy(t, asked[-plan.accuracy_queries :], db_of, key_of)
         for n in plan.qps_node_counts:
             log(f"  federation of {n}: throughput with {len(analysts.clients)} analysts")
             out["throughput"][str(n)] = _throughput(

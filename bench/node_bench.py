@@ -15,15 +15,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import duckdb
 from grpc import aio
 
 from bench import stats
 from bench.cluster import COORDINATOR, HIST, MEAN, Cluster, NodeSpec, Questions
-from bench.data import Generated
+from bench.data import DATASET, TABLE, Generated
 from tessera import templates
 from tessera.demo.processes import Child
-from tessera.node import compiler
+from tessera.node import compiler, storage, vault
+from tessera.node.ingest.manifest import sealed_path
 from tessera.templates.model import Template
 from tessera.wire.v1 import node_pb2, node_pb2_grpc
 
@@ -62,28 +62,33 @@ async def latency(
     reps: int,
     *,
     cached: bool,
-    alongside: Callable[[], float] | None = None,
+    alongside: dict[str, Callable[[], float]] | None = None,
     pid: int | None = None,
 ) -> dict[str, Any]:
     """One request at a time, each signed just before it is sent (not timed). After each,
-    `alongside()` is timed too, so the two series see the same machine load. With `pid`,
-    the node's CPU time per measured request is reported."""
-    samples, beside = [], []
+    every `alongside` callable is timed too, so all the series see the same machine
+    load. With `pid`, the node's CPU time per measured request is reported."""
+    samples: list[float] = []
+    beside: dict[str, list[float]] = {name: [] for name in alongside or {}}
     cpu = 0.0
     for i in range(warmup + reps):
         if i == warmup and pid is not None:
             cpu = stats.cpu_seconds(pid)
         ms = await conn.execute(make(), cached)
-        other = alongside() if alongside is not None else None
+        if pid is not None:
+            used = stats.cpu_seconds(pid)
+        others = {name: fn() for name, fn in (alongside or {}).items()}
+        if pid is not None:
+            cpu += stats.cpu_seconds(pid) - used  # the node idles meanwhile; be exact
         if i >= warmup:
             samples.append(ms)
-            if other is not None:
-                beside.append(other)
+            for name, v in others.items():
+                beside[name].append(v)
     out = stats.summary(samples, warmup)
     if pid is not None:
         out["node_cpu_ms_per_query"] = round((stats.cpu_seconds(pid) - cpu) * 1000 / reps, 1)
-    if beside:
-        out["in_process_duckdb"] = stats.summary(beside, warmup)
+    for name, values in beside.items():
+        out[name] = stats.summary(values, warmup)
     return out
 
 
@@ -104,18 +109,26 @@ async def throughput(
 
 
 class InProcess:
-    """The node's own compiled query on the same file, run in this process: the DuckDB
-    share of the node's latency."""
+    """The node's own compiled query on the same version, loaded the way the node loads
+    it (decrypted into an in-memory DuckDB database), run in this process: the DuckDB
+    share of the node's latency. `bare()` is the plain group-by over the same rows with
+    no per-person bounding and no opt-out: what the engine alone costs."""
 
-    def __init__(self, gen: Generated, t: Template, questions: Questions) -> None:
-        self.t, self.questions = t, questions
-        self.con = duckdb.connect(str(gen.database), read_only=True)
-        self.con.execute("SET enable_progress_bar = false")
+    def __init__(
+        self, gen: Generated, t: Template, questions: Questions, order_key: bytes
+    ) -> None:
+        self.t, self.questions, self.order_key = t, questions, order_key
+        dataset_dir = gen.data_dir / DATASET
+        self.con = storage.open_sealed(
+            sealed_path(dataset_dir, 1), vault.default_key(), DATASET, 1
+        )
 
     def once(self) -> float:
         values = templates.bind(self.t, self.questions.next())
         start = time.perf_counter()
-        q = compiler.compile_query(self.t, values, exclude_opted_out=True)
+        q = compiler.compile_query(
+            self.t, values, exclude_opted_out=True, order_key=self.order_key
+        )
         cur = self.con.cursor()
         try:
             compiler.run(cur, q)
@@ -123,8 +136,33 @@ class InProcess:
             cur.close()
         return (time.perf_counter() - start) * 1000
 
+    def bare(self) -> float:
+        p = Questions.params(self.questions.take())
+        start = time.perf_counter()
+        cur = self.con.cursor()
+        try:
+            cur.execute(BARE_HISTOGRAM, [p["period_start"], p["period_end"]]).fetchall()
+        finally:
+            cur.close()
+        return (time.perf_counter() - start) * 1000
+
     def close(self) -> None:
         self.con.close()
+
+
+# The benchmark histogram's cells (5 age bands x 5 categories) counted with a plain
+# GROUP BY: the same filter and cells as the node's query, with no bounding.
+BARE_HISTOGRAM = f"""
+SELECT cell, count(*) FROM (
+  SELECT (CASE WHEN age_years BETWEEN 0 AND 0 THEN 0 WHEN age_years BETWEEN 1 AND 4 THEN 1
+               WHEN age_years BETWEEN 5 AND 9 THEN 2 WHEN age_years BETWEEN 10 AND 15 THEN 3
+               WHEN age_years BETWEEN 16 AND 18 THEN 4 END) * 5
+         + (CASE WHEN attendance_category = '1' THEN 0 WHEN attendance_category = '2' THEN 1
+                 WHEN attendance_category = '3' THEN 2 WHEN attendance_category = '4' THEN 3
+                 ELSE 4 END) AS cell
+  FROM {TABLE} WHERE arrival_date BETWEEN CAST(? AS DATE) AND CAST(? AS DATE))
+WHERE cell IS NOT NULL GROUP BY cell
+"""
 
 
 async def _measure(
@@ -139,7 +177,7 @@ async def _measure(
     hist_t = cluster.template(HIST)
     hist = cluster.signed(hist_t)
     conn = NodeConn(cluster, port)
-    duck = InProcess(gen, hist_t, questions)
+    duck = InProcess(gen, hist_t, questions, cluster.secrets[child.name])
     out: dict[str, Any] = {}
     try:
         out["histogram"] = await latency(
@@ -148,7 +186,7 @@ async def _measure(
             plan.warmup[n],
             plan.reps[n],
             cached=False,
-            alongside=duck.once,
+            alongside={"in_process_duckdb": duck.once, "bare_duckdb": duck.bare},
             pid=child.proc.pid,
         )
         if n != plan.mean_size:

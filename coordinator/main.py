@@ -78,6 +78,8 @@ def start(
             reload_from=TlsFiles(cfg.tls.cert, cfg.tls.key, cfg.tls.ca),
             ops=ops,
             metrics=observability.Metrics("coordinator"),
+            # RunQuery's result event is its last word: a client may stop reading there.
+            final_message=_is_result,
             on_undecodable=lambda method, context: service.audit_best_effort(
                 service.audit_body(
                     peer_identity(context),
@@ -94,6 +96,10 @@ def start(
             raise startup.StartupError(f"{where}: {e}") from None
         raise
     return RunningCoordinator(service, running)
+
+
+def _is_result(message: object) -> bool:
+    return isinstance(message, coordinator_pb2.QueryEvent) and message.HasField("result")
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from tessera import approvals, templates
-from tessera.audit import AuditError
 from tessera.clock import Clock, isoformat
 from tessera.coordinator.config import CoordinatorConfig, Person
 from tessera.coordinator.fanout import FanOut
@@ -74,6 +72,13 @@ class CoordinatorService:
         except Refusal as r:
             self.audit_best_effort(self.audit_body(identity, method, r.code, r.message, **context))
             raise
+        except Exception as e:
+            # A fault of ours: audited by its type only (its text may carry values), then
+            # re-raised for the servicer to log and answer INTERNAL.
+            message = f"internal error ({type(e).__name__})"
+            body = self.audit_body(identity, method, "INTERNAL", message, **context)
+            self.audit_best_effort(body)
+            raise
 
     def audit_body(
         self, identity: str | None, method: str, outcome: str, message: str, **context: Any
@@ -100,7 +105,7 @@ class CoordinatorService:
         """A refusal goes out even when the audit cannot be written."""
         try:
             self.store.audit(body)
-        except (sqlite3.Error, OSError, AuditError) as e:
+        except Exception as e:  # (sqlite3.Error, OSError, AuditError, an unencodable body)
             log.error("could not audit a refusal (%s)", type(e).__name__)
 
     def template_state(self, digest: str, approval_list: list[approvals.Approval]) -> str:

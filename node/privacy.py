@@ -240,12 +240,16 @@ class NoiseShare:
     τ = 10·Σ_{k=1}^{t-1} exp(-2π²σ²·k/(k+1)) and d is the number of cells. So
     ρ = Δ₂²/(2tσ²) + τ·d/4: the first term is OpenDP's map of one discrete Gaussian
     of scale σ√t (`central_rho`); the second (`excess_rho`) is computed here from
-    that formula. More than t contributors only add independent noise, which
-    cannot raise ρ (post-processing)."""
+    that formula. The bound is a sum over cells of one-cell bounds, and a cell that
+    neighbouring datasets leave unchanged contributes nothing, so d is the most cells
+    one unit can change: an integer change of L2 norm at most Δ₂ touches at most
+    ⌊Δ₂²⌋ cells (`support`). More than t contributors only add independent noise,
+    which cannot raise ρ (post-processing)."""
 
     scale: float
     threshold: int
     cells: int
+    support: int
     central_rho: float
     excess_rho: float
     rho: float
@@ -269,9 +273,10 @@ def secagg_noise_share(rho: float, l2: float, threshold: int, cells: int) -> Noi
         raise CalibrationError("secure aggregation needs a threshold of at least 2")
     central_scale, _ = _calibrate("rho", float(l2), float(l2), float(rho))
     limit = rho * (1 + _TOLERANCE)
+    support = max(1, min(cells, math.floor(l2 * l2 * (1 + _TOLERANCE))))
 
     def total(s: float) -> float:
-        return math.fsum(_noise_share_rho(s, l2, threshold, cells))
+        return math.fsum(_noise_share_rho(s, l2, threshold, support))
 
     # KLS's theorem needs σ >= 1/2; a larger σ only adds noise.
     low = max(central_scale / math.sqrt(threshold), 0.5)
@@ -286,10 +291,10 @@ def secagg_noise_share(rho: float, l2: float, threshold: int, cells: int) -> Noi
             mid = (low + high) / 2
             low, high = (low, mid) if total(mid) <= limit else (mid, high)
         scale = high
-    central, excess = _noise_share_rho(scale, l2, threshold, cells)
+    central, excess = _noise_share_rho(scale, l2, threshold, support)
     if central + excess > limit:
         raise CalibrationError("OpenDP could not calibrate a noise share within the declared rho")
-    return NoiseShare(scale, threshold, cells, central, excess, central + excess)
+    return NoiseShare(scale, threshold, cells, support, central, excess, central + excess)
 
 
 def add_noise_share(share: NoiseShare, exact: IntVector) -> IntVector:
@@ -297,3 +302,35 @@ def add_noise_share(share: NoiseShare, exact: IntVector) -> IntVector:
     if exact.shape != (share.cells,):
         raise CalibrationError("the vector does not have the calibrated number of cells")
     return np.asarray(_gaussian(share.scale)(exact.tolist()), dtype=np.int64)
+
+
+# -- overlap counting (tessera.overlap): dummy elements for the counter's view ----------
+
+
+@dataclass(frozen=True)
+class OverlapDummies:
+    counts: IntVector  # per view cell, >= 0
+    shift: int
+    scale: float
+    variance: float
+    epsilon: float  # OpenDP's map at L1 sensitivity 2
+    delta: float  # chance that some cell's draw was clamped at zero (union over cells)
+
+
+def overlap_dummies(epsilon: float, cells: int, alpha: float = 1e-10) -> OverlapDummies:
+    """Dummy counts for private set intersection cardinality: shift + discrete Laplace
+    per cell of the counter's view. One child added to or removed from one agency moves
+    between at most two cells (L1 sensitivity 2). The shift is the noise's accuracy at
+    `alpha` (OpenDP), plus one, so a cell's draw is clamped at zero with probability at
+    most `alpha`."""
+    scale, loss = _calibrate("epsilon", 2.0, math.sqrt(2.0), epsilon)
+    shift = math.ceil(_accuracy("epsilon", scale, alpha)) + 1
+    drawn = np.asarray(_laplace(scale)([shift] * cells), dtype=np.int64)
+    return OverlapDummies(
+        counts=np.maximum(drawn, 0),
+        shift=shift,
+        scale=scale,
+        variance=noise_variance("epsilon", scale),
+        epsilon=loss,
+        delta=min(1.0, cells * alpha),
+    )

@@ -346,7 +346,7 @@ def _segments(
         # parent's), so it starts the search, and q only shrinks down the hierarchy.
         parent = _segment_q(s_parts, c_parts, lower, upper, level, depth - 1, first // n)
         hi = np.full(n, parent)
-        q = _fieller_q(ds, dc, ra, rb, level, hi / 2, hi, 12)
+        q = _fieller_q(ds, dc, ra, rb, level, hi / 2, hi, 9)
     q.setflags(write=False)
     return q
 
@@ -408,7 +408,7 @@ def mean_interval(
         depth, i = 0, start
         for _ in range(_MEAN_DEPTH):
             width = (upper - lower) / (_MEAN_SEGMENTS * _MEAN_SPLIT**depth)
-            if width <= hull * 2e-4:
+            if width <= hull * 1e-3:
                 break
             hit = included(depth + 1, i * _MEAN_SPLIT)
             if not hit:

@@ -229,50 +229,104 @@ def _cost(reply: Any) -> float | None:
     return 0.0
 
 
-class Observe(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Times every unary call, counts it by status and writes its one log line."""
+# Statuses that say the server (or the network) failed, not that it said no.
+_FAILED = {"INTERNAL", "UNKNOWN", "CANCELLED", "DEADLINE_EXCEEDED", "UNAVAILABLE", "DATA_LOSS"}
 
-    def __init__(self, metrics: Metrics) -> None:
+
+def _outcome(status: str) -> str:
+    if status == "OK":
+        return "answered"
+    return "failed" if status in _FAILED else "refused"
+
+
+class Observe(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Times every unary call and every server-streaming call (the coordinator's
+    RunQuery), counts it by final status and writes its one log line."""
+
+    def __init__(self, metrics: Metrics, final: Callable[[Any], bool] | None = None) -> None:
         self.metrics = metrics
+        # Whether a streamed message is a call's last word (the coordinator's result
+        # event): a client that stops reading after it has had its answer.
+        self.final = final
 
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
         method = str(handler_call_details.method).rsplit("/", 1)[-1]
-        inner = handler.unary_unary
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
 
-        def behaviour(request: Any, context: Any) -> Any:
-            start = time.perf_counter()
-            reply = None
-            try:
-                reply = inner(request, context)
-                return reply
-            finally:
-                code = context.code()
-                status = "OK" if code is None else code.name
-                if reply is None and code is None:
-                    status = "UNKNOWN"
-                seconds = time.perf_counter() - start
-                self.metrics.observe(method, status, seconds)
-                fields: dict[str, Any] = {
-                    "event": "rpc",
-                    "method": method,
-                    "status": status,
-                    "outcome": "answered" if status == "OK" else "refused",
-                    "duration_ms": round(seconds * 1000, 2),
-                }
-                rid = _request_id(request)
-                if rid is not None:
-                    fields["request_id"] = rid
-                cost = _cost(reply) if reply is not None else None
-                if cost is not None:
-                    fields["cost"] = cost
-                log.info("rpc", extra=fields)
+            def unary(request: Any, context: Any) -> Any:
+                start = time.perf_counter()
+                reply = None
+                try:
+                    reply = inner(request, context)
+                    return reply
+                finally:
+                    self._record(method, request, reply, context, start, reply is not None)
 
-        return grpc.unary_unary_rpc_method_handler(
-            behaviour, handler.request_deserializer, handler.response_serializer
-        )
+            return grpc.unary_unary_rpc_method_handler(
+                unary, handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            def streaming(request: Any, context: Any) -> Iterator[Any]:
+                start = time.perf_counter()
+                state = {"finished": False, "recorded": False}
+                lock = threading.Lock()
+
+                def record() -> None:
+                    with lock:
+                        if state["recorded"]:
+                            return
+                        state["recorded"] = True
+                    self._record(method, request, None, context, start, state["finished"])
+
+                # A client that stops reading ends the call without ending this
+                # generator: the termination callback still records it, once.
+                context.add_callback(record)
+                try:
+                    for message in inner_stream(request, context):
+                        if self.final is not None and self.final(message):
+                            state["finished"] = True
+                        yield message
+                    state["finished"] = True
+                finally:
+                    record()
+
+            return grpc.unary_stream_rpc_method_handler(
+                streaming, handler.request_deserializer, handler.response_serializer
+            )
+        return handler
+
+    def _record(
+        self, method: str, request: Any, reply: Any, context: Any, start: float, finished: bool
+    ) -> None:
+        code = context.code()
+        if code is not None:
+            status = code.name
+        elif finished:
+            status = "OK"
+        else:  # an exception grpc turns into UNKNOWN, or a client that went away
+            status = "UNKNOWN" if context.is_active() else "CANCELLED"
+        seconds = time.perf_counter() - start
+        self.metrics.observe(method, status, seconds)
+        fields: dict[str, Any] = {
+            "event": "rpc",
+            "method": method,
+            "status": status,
+            "outcome": _outcome(status),
+            "duration_ms": round(seconds * 1000, 2),
+        }
+        rid = _request_id(request)
+        if rid is not None:
+            fields["request_id"] = rid
+        cost = _cost(reply) if reply is not None else None
+        if cost is not None:
+            fields["cost"] = cost
+        log.info("rpc", extra=fields)
 
 
 class Ops:

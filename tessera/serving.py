@@ -68,6 +68,7 @@ def serve(
     ops: OpsOptions | None = None,
     metrics: Metrics | None = None,
     on_undecodable: Callable[[str, Any], None] | None = None,
+    final_message: Callable[[Any], bool] | None = None,
 ) -> Running:
     """Listen on `address` (host:port; port 0 picks a free one) with mutual TLS.
 
@@ -90,7 +91,10 @@ def serve(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
         options=options,
-        interceptors=[observability.Observe(metrics), RefuseUndecodable(on_undecodable)],
+        interceptors=[
+            observability.Observe(metrics, final_message),
+            RefuseUndecodable(on_undecodable),
+        ],
     )
     register(server)
     health_servicer = health.HealthServicer()

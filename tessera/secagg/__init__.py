@@ -5,6 +5,7 @@ Pairwise masking with double masking and t-of-n Shamir recovery of dropouts
 See docs/secure-aggregation.md.
 """
 
+from tessera.secagg import crypto, shamir
 from tessera.secagg.protocol import (
     MAX_ABS_INPUT,
     Aborted,
@@ -26,5 +27,7 @@ __all__ = [
     "SecAggResult",
     "SecAggServer",
     "Stage",
+    "crypto",
+    "shamir",
     "validate_session",
 ]

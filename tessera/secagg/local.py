@@ -81,10 +81,10 @@ def run(
             msg = send(pb.SecAggMessage(consistency=clients[i].consistency(request)))
             srv.accept_consistency(msg.consistency)
     unmask = srv.close_consistency()
-    for c in unmask.signatures:
-        if alive(c.sender, Stage.UNMASK):
+    for signed in unmask.signatures:
+        if alive(signed.sender, Stage.UNMASK):
             try:
-                out_u = clients[c.sender].unmask(unmask)
+                out_u = clients[signed.sender].unmask(unmask)
             except Refused:
                 continue
             srv.accept_unmask(send(pb.SecAggMessage(unmask=out_u)).unmask)

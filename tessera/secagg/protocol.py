@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -403,6 +404,20 @@ def check_advertise(
     return None
 
 
+def _commits_to(context: bytes, owner: int, commitment: bytes) -> Callable[[bytes], bool]:
+    def check(seed: bytes) -> bool:
+        return crypto.seed_commitment(context, owner, seed) == commitment
+
+    return check
+
+
+def _opens(advertised_public: bytes) -> Callable[[bytes], bool]:
+    def check(private: bytes) -> bool:
+        return _raw(X25519PrivateKey.from_private_bytes(private).public_key()) == advertised_public
+
+    return check
+
+
 @dataclass(frozen=True)
 class SecAggResult:
     """The released sum and exactly who is in it."""
@@ -442,7 +457,7 @@ class SecAggServer:
         stage: Stage,
         context: bytes,
         sender: int,
-        seen: dict[int, object],
+        seen: Mapping[int, object],
         allowed: set[int] | list[int],
     ) -> None:
         if self.stage is not stage:
@@ -623,8 +638,7 @@ class SecAggServer:
         for u in self._u3:
             commitment = self._shares[u].seed_commitment
             seed = self._rebuild(
-                shares[(u, pb.SECAGG_SHARE_KIND_SEED)],
-                lambda s, u=u, c=commitment: crypto.seed_commitment(self.context, u, s) == c,
+                shares[(u, pb.SECAGG_SHARE_KIND_SEED)], _commits_to(self.context, u, commitment)
             )
             if seed is None:
                 raise self._abort(f"node {u}'s self-mask seed could not be rebuilt from its shares")
@@ -632,12 +646,7 @@ class SecAggServer:
         dropped = [v for v in self._u2 if v not in survivors]
         for v in dropped:
             advertised = self._adv[v].mask_public
-            key = self._rebuild(
-                shares[(v, pb.SECAGG_SHARE_KIND_MASK_KEY)],
-                lambda s, a=advertised: (
-                    _raw(X25519PrivateKey.from_private_bytes(s).public_key()) == a
-                ),
-            )
+            key = self._rebuild(shares[(v, pb.SECAGG_SHARE_KIND_MASK_KEY)], _opens(advertised))
             if key is None:
                 raise self._abort(f"node {v}'s masking key could not be rebuilt from its shares")
             private = X25519PrivateKey.from_private_bytes(key)
@@ -652,9 +661,8 @@ class SecAggServer:
         excluded = tuple(i for i in sorted(self._roster) if i not in self._u2)
         return SecAggResult(from_ring(total).copy(), tuple(self._u3), tuple(dropped), excluded)
 
-    def _rebuild(self, shares: dict[int, bytes], check: object) -> bytes | None:
+    def _rebuild(self, shares: dict[int, bytes], check: Callable[[bytes], bool]) -> bytes | None:
         """A secret from t of `shares` that passes `check`; other t-subsets if one fails."""
-        assert callable(check)
         holders = sorted(shares)
         for subset in itertools.islice(itertools.combinations(holders, self._t), 64):
             try:

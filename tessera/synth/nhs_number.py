@@ -14,32 +14,13 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+# The check lives with the overlap protocol, which validates keys before blinding.
+from tessera.overlap.nhs import check_digit as check_digit
+from tessera.overlap.nhs import is_valid as is_valid
 from tessera.synth.rng import Generator
 
-_DIGITS = frozenset("0123456789")
 _WEIGHTS = (10, 9, 8, 7, 6, 5, 4, 3, 2)
 TEST_PREFIX = "999"
-
-
-def check_digit(first_nine: str) -> int | None:
-    """The check digit for nine digits, or None if those digits are never issued."""
-    if len(first_nine) != 9 or not set(first_nine) <= _DIGITS:
-        raise ValueError("expected nine digits")
-    total = sum(int(d) * w for d, w in zip(first_nine, _WEIGHTS, strict=True))
-    check = 11 - total % 11
-    if check == 11:
-        return 0
-    if check == 10:
-        return None
-    return check
-
-
-def is_valid(s: str) -> bool:
-    """True if `s` is exactly ten ASCII digits with a correct check digit."""
-    if len(s) != 10 or not set(s) <= _DIGITS:
-        return False
-    check = check_digit(s[:9])
-    return check is not None and check == int(s[9])
 
 
 def _valid_test_numbers() -> npt.NDArray[np.int64]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import duckdb
 import grpc
@@ -60,3 +61,32 @@ def test_an_unexpected_error_is_audited_by_type_before_internal(
     assert sp.spent(node) == spent
     monkeypatch.undo()
     assert sp.serving(node)
+
+
+def test_the_coordinator_audits_an_unexpected_error_by_type(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tessera.client import ClientError
+    from tessera.coordinator import service as coordinator_service
+    from tests.support import coordinator as region_lib
+
+    r = region_lib.start_region(tmp_path, councils=("Leeds",))
+    try:
+        analyst = r.analyst()
+        monkeypatch.setattr(
+            coordinator_service.templates,
+            "parse_canonical",
+            _boom(OverflowError(f"a value {SECRET}")),
+        )
+        with pytest.raises(ClientError) as e:
+            analyst.submit_template(r.fed.template("cla-by-age-and-placement"))
+        assert e.value.code == "INTERNAL" and SECRET not in e.value.message
+        monkeypatch.undo()
+        last = r.coordinator.service.store.audit_log.export(1, 1000)[-1]
+        body = json.loads(last.body)
+        assert body["outcome"] == "INTERNAL" and body["method"] == "SubmitTemplate"
+        assert body["message"] == "internal error (OverflowError)"
+        assert SECRET not in last.body.decode()
+        analyst.submit_template(r.fed.template("cla-by-age-and-placement"))  # still serving
+    finally:
+        r.stop()

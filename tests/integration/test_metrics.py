@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -231,3 +232,40 @@ def test_log_formats_are_one_line_each() -> None:
     assert as_json["method"] == "Execute" and as_json["cost"] == 0.5
     kv = observability.KeyValueFormatter().format(record)
     assert "\n" not in kv and "method=Execute" in kv and "status=OK" in kv
+
+
+def test_the_coordinator_counts_streamed_queries(tmp_path: Any) -> None:
+    """RunQuery streams its events: it is timed and counted when the stream ends."""
+    from tests.support import coordinator as coordlib
+
+    region = coordlib.start_region(tmp_path, ("Leeds", "Bradford"))
+    try:
+        coordlib.published(region, T1)
+        analyst = region.analyst()
+        for day in DAYS[:2]:
+            analyst.run_query(T1, {"on_date": day}, mode="combined")
+        registry = region.coordinator.running.metrics.registry
+
+        def sample(name: str, **labels: str) -> float | None:
+            value = registry.get_sample_value(name, {"server": "coordinator", **labels})
+            return None if value is None else float(value)
+
+        # The client returns on the result event; the server records the call when
+        # its stream ends, a moment later.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if sample("tessera_request_duration_seconds_count", method="RunQuery") == 2:
+                break
+            time.sleep(0.05)
+        assert sample("tessera_requests_total", method="RunQuery", status="OK") == 2
+        assert sample("tessera_request_duration_seconds_count", method="RunQuery") == 2
+        assert sample("tessera_requests_total", method="SubmitTemplate", status="OK") == 1
+        assert sample("tessera_requests_total", method="AddApproval", status="OK") == 2
+        # Each node answered both, through its own interceptor.
+        for node in region.nodes.values():
+            got = node.running.metrics.registry.get_sample_value(
+                "tessera_requests_total", {"server": "node", "method": "Execute", "status": "OK"}
+            )
+            assert got == 2
+    finally:
+        region.stop()
