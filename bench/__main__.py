@@ -99,8 +99,18 @@ class Run:
     def dataset(self, records: int, seed: int) -> data.Generated:
         key = (records, seed)
         if key not in self._data:
-            g = data.generate(self.work / "data" / f"health-{records}-s{seed}", records, seed)
-            _log(f"  {records:,} records (seed {seed}) generated in {g.seconds:.1f} s")
+            g, peak = data.generate_in_child(
+                self.work / "data" / f"health-{records}-s{seed}", records, seed
+            )
+            _log(
+                f"  {records:,} records (seed {seed}) built and sealed in {g.seconds:.1f} s, "
+                f"peak RSS {peak:,.0f} MiB"
+            )
+            if g.seconds > 0 and seed == 1:  # the first build of each size
+                self.details.setdefault("ingest", {})[str(records)] = {
+                    "seconds": round(g.seconds, 2),
+                    "peak_rss_mb": peak,
+                }
             self._data[key] = g
         return self._data[key]
 

@@ -14,6 +14,10 @@ people (the NHS number starts with the seed), so nodes hold disjoint populations
 from __future__ import annotations
 
 import hashlib
+import json
+import resource
+import subprocess
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -160,3 +164,27 @@ def load_arrays(gen: Generated) -> Arrays:
         np.asarray(cols["cat"], dtype=np.int64),
         np.asarray(cols["opted_out"], dtype=np.bool_),
     )
+
+
+def generate_in_child(data_dir: Path, records: int, seed: int) -> tuple[Generated, float]:
+    """`generate` in a fresh Python process (it inherits the data key from the
+    environment): the version and the child's peak resident memory in MiB, so the
+    build's memory is measured alone."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.data", str(data_dir), str(records), str(seed)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return Generated(data_dir, records, seed, float(got["seconds"])), float(got["peak_rss_mb"])
+
+
+def _main(argv: list[str]) -> None:
+    g = generate(Path(argv[0]), int(argv[1]), int(argv[2]))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"seconds": round(g.seconds, 3), "peak_rss_mb": round(peak, 1)}))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

@@ -12,7 +12,7 @@ import hashlib
 import os
 from collections.abc import Iterable, Sequence
 
-import rbcl
+import rbcl  # type: ignore[import-untyped]
 
 POINT_BYTES = 32
 SCALAR_BYTES = 32

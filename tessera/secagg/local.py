@@ -7,6 +7,7 @@ nothing from that stage on. `tamper` may rewrite a message on its way to the ser
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import partial
 
 from tessera import keys
 from tessera.secagg.protocol import (
@@ -49,43 +50,77 @@ def run(
     drop: Mapping[int, Stage] | None = None,
     server: SecAggServer | None = None,
     tamper: Callable[[pb.SecAggMessage], pb.SecAggMessage] | None = None,
+    refusals: list[tuple[int, Stage, str]] | None = None,
 ) -> SecAggResult:
-    """The sum, or the protocol's Aborted/Refused: never a wrong sum."""
-    drop = dict(drop or {})
+    """The sum, or the protocol's Aborted/Refused: never a wrong sum.
+
+    `tamper` sees every message in both directions, wrapped in SecAggMessage. With
+    `refusals` given, a message refused by either side counts as that node failing at
+    that stage (recorded there) and the session goes on, as it would on the wire;
+    without it, the first refusal is raised."""
+    dropped = dict(drop or {})
     srv = server if server is not None else SecAggServer(session)
     clients = {i: SecAggClient(session, i, k) for i, k in identities.items()}
 
     def alive(i: int, stage: Stage) -> bool:
-        return i not in drop or STAGES.index(drop[i]) > STAGES.index(stage)
+        return i not in dropped or STAGES.index(dropped[i]) > STAGES.index(stage)
 
     def send(msg: pb.SecAggMessage) -> pb.SecAggMessage:
-        return tamper(msg) if tamper is not None else msg
+        if tamper is None:
+            return msg
+        copy = pb.SecAggMessage()
+        copy.CopyFrom(msg)
+        return tamper(copy)
 
-    for i, c in clients.items():
-        if alive(i, Stage.ADVERTISE):
-            srv.accept_advertise(send(pb.SecAggMessage(advertise=c.advertise())).advertise)
-    advertised = srv.close_advertise()
-    live = [a.sender for a in advertised.advertisements]
-    for i in live:
-        if alive(i, Stage.SHARE_KEYS):
-            msg = send(pb.SecAggMessage(share_keys=clients[i].share_keys(advertised)))
-            srv.accept_share_keys(msg.share_keys)
+    def step(i: int, stage: Stage, action: Callable[[], None]) -> None:
+        if not alive(i, stage):
+            return
+        try:
+            action()
+        except Refused as e:
+            if refusals is None:
+                raise
+            refusals.append((i, stage, str(e)))
+            dropped[i] = stage
+
+    def advertise(i: int) -> None:
+        srv.accept_advertise(send(pb.SecAggMessage(advertise=clients[i].advertise())).advertise)
+
+    for i in clients:
+        step(i, Stage.ADVERTISE, partial(advertise, i))
+    advertised = send(pb.SecAggMessage(advertise_set=srv.close_advertise())).advertise_set
+
+    def share(i: int) -> None:
+        out = send(pb.SecAggMessage(share_keys=clients[i].share_keys(advertised)))
+        srv.accept_share_keys(out.share_keys)
+
+    for i in [a.sender for a in advertised.advertisements if a.sender in clients]:
+        step(i, Stage.SHARE_KEYS, partial(share, i))
     share_sets = srv.close_share_keys()
-    for i, share_set in share_sets.items():
-        if alive(i, Stage.MASKED_INPUT):
-            out = clients[i].masked_input(share_set, vectors[i])
-            srv.accept_masked_input(send(pb.SecAggMessage(masked_input=out)).masked_input)
+
+    def mask(i: int) -> None:
+        share_set = send(pb.SecAggMessage(share_set=share_sets[i])).share_set
+        out = clients[i].masked_input(share_set, vectors[i])
+        srv.accept_masked_input(send(pb.SecAggMessage(masked_input=out)).masked_input)
+
+    for i in share_sets:
+        step(i, Stage.MASKED_INPUT, partial(mask, i))
     request = srv.close_masked_input()
+
+    def confirm(i: int) -> None:
+        shown = send(pb.SecAggMessage(consistency_request=request)).consistency_request
+        out = send(pb.SecAggMessage(consistency=clients[i].consistency(shown)))
+        srv.accept_consistency(out.consistency)
+
     for i in request.survivors:
-        if alive(i, Stage.CONSISTENCY):
-            msg = send(pb.SecAggMessage(consistency=clients[i].consistency(request)))
-            srv.accept_consistency(msg.consistency)
+        step(i, Stage.CONSISTENCY, partial(confirm, i))
     unmask = srv.close_consistency()
+
+    def reveal(i: int) -> None:
+        shown = send(pb.SecAggMessage(unmask_request=unmask)).unmask_request
+        out = clients[i].unmask(shown)
+        srv.accept_unmask(send(pb.SecAggMessage(unmask=out)).unmask)
+
     for signed in unmask.signatures:
-        if alive(signed.sender, Stage.UNMASK):
-            try:
-                out_u = clients[signed.sender].unmask(unmask)
-            except Refused:
-                continue
-            srv.accept_unmask(send(pb.SecAggMessage(unmask=out_u)).unmask)
+        step(signed.sender, Stage.UNMASK, partial(reveal, signed.sender))
     return srv.finish()

@@ -15,7 +15,9 @@ def synthetic() -> Region:
     return region(scale=0.02, seed=3)
 
 
-def _run(query: OverlapQuery, inputs: list[Rows]) -> tuple[list[int | None], dict[str, tuple[int, ...]]]:
+def _run(
+    query: OverlapQuery, inputs: list[Rows]
+) -> tuple[list[int | None], dict[str, tuple[int, ...]]]:
     parties = [Party(query, i, rows) for i, rows in enumerate(inputs)]
     result = run_local(parties, Counter(query))
     assert result.exact and result.epsilon is None
