@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import data, engines, federation_bench, node_bench, report, stats
+from bench import data, engines, federation_bench, node_bench, overlap_bench, report, stats
 from bench.cluster import HIST, MEAN, Cluster, Questions, load_template
 from tessera.templates.model import Template
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ("node", "engines", "federation")
+SCENARIOS = ("node", "engines", "federation", "overlap")
 
 
 @dataclass(frozen=True)
@@ -191,6 +191,12 @@ class Run:
             python, csv, {"histogram": hist, "mean": mean}, self.questions, warm, reps, self.work
         )
 
+    def overlap(self) -> None:
+        """Private set intersection cardinality (bench/overlap_bench.py)."""
+        work = self.work / "overlap"
+        work.mkdir(parents=True, exist_ok=True)
+        self.details["overlap"] = overlap_bench.run(work, _log, quick=self.args.quick)
+
     def federation(self, cluster: Cluster) -> None:
         p = self.plan.fed
         sets = [self.dataset(self.plan.fed_records, i + 1) for i in range(max(p.node_counts))]
@@ -205,8 +211,12 @@ class Run:
         )
 
 
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a is not None and b else None
+
+
 def headline(details: dict[str, Any]) -> dict[str, Any]:
-    """The keys issue 4 asks for; None where a scenario did not run."""
+    """The headline figures the targets are judged on; None where a scenario did not run."""
     node = details.get("node", {}).get("by_size", {})
     eng, fed = details.get("engines", {}), details.get("federation", {})
     mean = next((r for r in node.values() if "mean" in r), None)
@@ -214,17 +224,39 @@ def headline(details: dict[str, Any]) -> dict[str, Any]:
     fed_n = max((int(n) for n in fed.get("throughput", {})), default=None)
     acc_n = max((int(n) for n in fed.get("accuracy", {})), default=None)
     biggest = max((int(n) for n in node), default=None)
+    hist = {n: r["histogram"]["p50_ms"] for n, r in node.items()}
+    bare = {n: r["histogram"].get("bare_duckdb", {}).get("p50_ms") for n, r in node.items()}
+    # The machine's limit for the federation's throughput: its cores over the CPU all
+    # the nodes together spend per query (measured one query at a time).
+    limit = None
+    if fed_n is not None and str(fed_n) in fed.get("latency", {}):
+        cpu_ms = fed["latency"][str(fed_n)]["nodes_cpu_ms_per_query"]
+        limit = round((os.cpu_count() or 1) / (cpu_ms / 1000), 2) if cpu_ms else None
+    qps = fed["throughput"][str(fed_n)]["qps"] if fed_n else None
     return {
-        "node_hist_p50_ms": {n: r["histogram"]["p50_ms"] for n, r in node.items()},
+        "node_hist_p50_ms": hist,
+        "node_bare_duckdb_p50_ms": bare,
+        # End to end over the bare group-by on the same rows, at 10^6 records.
+        "node_vs_bare_duckdb": _ratio(hist.get("1000000"), bare.get("1000000")),
+        # How cost grows with the data: 10^7 over 10^6, and 10^6 over 10^5.
+        "node_growth_1e7_over_1e6": _ratio(hist.get("10000000"), hist.get("1000000")),
+        "node_growth_1e6_over_1e5": _ratio(hist.get("1000000"), hist.get("100000")),
         "node_mean_p50_ms": mean["mean"]["p50_ms"] if mean else None,
         "cached_qps": mean["cached"]["qps"] if mean else None,
         # The worse of histogram and mean, so the headline never flatters.
         "smartnoise_speedup": min(speed.values()) if speed else None,
         "opendp_numpy_ratio": max(ratio.values()) if ratio else None,
         "federation_p50_ms": {n: r["p50_ms"] for n, r in fed.get("latency", {}).items()},
-        "federation_qps": fed["throughput"][str(fed_n)]["qps"] if fed_n else None,
+        "federation_qps": qps,
+        "federation_qps_machine_limit": limit,
+        "federation_qps_vs_limit": _ratio(qps, limit),
         "combined_error_ratio_vs_central": fed["accuracy"][str(acc_n)]["ratio"] if acc_n else None,
         "node_peak_rss_mb": node[str(biggest)]["rss_mb"]["VmHWM"] if biggest else None,
+        "ingest": details.get("ingest", {}),
+        "overlap_speedup_vs_openmined_psi": details.get("overlap", {}).get(
+            "overlap_speedup_vs_openmined_psi"
+        ),
+        "overlap_four_agencies_s": details.get("overlap", {}).get("four", {}).get("seconds"),
     }
 
 
@@ -259,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run.step("node", lambda: run.node(cluster))
             run.step("engines", run.engines)
             run.step("federation", lambda: run.federation(cluster))
+        run.step("overlap", run.overlap)  # its parties are processes of its own
         load_end, fsync_end = stats.load_average(), stats.fsync_probe(work)
         busy_end = stats.busy_seconds()  # every child process has been reaped by now
     finally:

@@ -32,8 +32,8 @@ from tessera.node.ingest.build import DUCKDB_TYPES
 from tessera.node.ingest.manifest import (
     Manifest,
     content_sha256,
-    manifest_path,
     ingest_lock,
+    manifest_path,
     next_version,
     publish,
     remove_leftovers,

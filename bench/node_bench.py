@@ -114,21 +114,15 @@ class InProcess:
     share of the node's latency. `bare()` is the plain group-by over the same rows with
     no per-person bounding and no opt-out: what the engine alone costs."""
 
-    def __init__(
-        self, gen: Generated, t: Template, questions: Questions, order_key: bytes
-    ) -> None:
+    def __init__(self, gen: Generated, t: Template, questions: Questions, order_key: bytes) -> None:
         self.t, self.questions, self.order_key = t, questions, order_key
         dataset_dir = gen.data_dir / DATASET
-        self.con = storage.open_sealed(
-            sealed_path(dataset_dir, 1), vault.default_key(), DATASET, 1
-        )
+        self.con = storage.open_sealed(sealed_path(dataset_dir, 1), vault.default_key(), DATASET, 1)
 
     def once(self) -> float:
         values = templates.bind(self.t, self.questions.next())
         start = time.perf_counter()
-        q = compiler.compile_query(
-            self.t, values, exclude_opted_out=True, order_key=self.order_key
-        )
+        q = compiler.compile_query(self.t, values, exclude_opted_out=True, order_key=self.order_key)
         cur = self.con.cursor()
         try:
             compiler.run(cur, q)

@@ -112,7 +112,7 @@ def _extra(record: logging.LogRecord) -> dict[str, Any]:
 
 def _kv(v: Any) -> str:
     s = str(v)
-    if s == "" or any(c in s for c in ' "=\n'):
+    if s == "" or not s.isprintable() or any(c in s for c in ' "='):
         return json.dumps(s)
     return s
 
@@ -363,7 +363,7 @@ class Ops:
             )
             health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
             try:
-                port = _bind(server, options.health, None)
+                port = bind_port(server, options.health, None)
             except PortError as e:
                 raise PortError(f"--health: {e}") from None
             server.start()
@@ -385,7 +385,7 @@ class PortError(OSError):
     """An address a server could not listen on."""
 
 
-def _bind(server: grpc.Server, address: str, credentials: Any) -> int:
+def bind_port(server: grpc.Server, address: str, credentials: Any) -> int:
     try:
         if credentials is None:
             port = server.add_insecure_port(address)

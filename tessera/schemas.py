@@ -350,8 +350,16 @@ _POLICE_INCIDENTS = Table(
 )
 
 
+def _pick(table: Table, *names: str) -> Table:
+    """The columns of `table` that a source's SQL actually selects from it."""
+    cols = tuple(c for c in table.columns if c.name in names)
+    assert len(cols) == len(names), "a picked column is not in the table"
+    return Table(table.name, cols, table.unit)
+
+
 def _source(name: str, sql: str, tables: tuple[Table, ...], unit: str) -> Source:
-    """A source's columns are the union of its tables' columns (first wins)."""
+    """A source's columns are the union of its tables' columns (first wins): exactly
+    what its SQL selects, so a template can name no column the query lacks."""
     seen: dict[str, Column] = {}
     for t in tables:
         for c in t.columns:
@@ -392,7 +400,7 @@ DATASETS: Mapping[str, Dataset] = MappingProxyType(
                     # every statistic; its header fields (DOB, SEX, ETHNIC) are NULL.
                     "SELECT e.*, h.SEX, h.DOB, h.ETHNIC FROM episodes e "
                     "LEFT JOIN header h USING (CHILD)",
-                    (_SSDA903_EPISODES, _SSDA903_HEADER),
+                    (_SSDA903_EPISODES, _pick(_SSDA903_HEADER, "SEX", "DOB", "ETHNIC")),
                     "CHILD",
                 ),
                 _source("header", "SELECT * FROM header", (_SSDA903_HEADER,), "CHILD"),
@@ -407,21 +415,21 @@ DATASETS: Mapping[str, Dataset] = MappingProxyType(
                     "referrals",
                     "SELECT r.*, c.dob, c.sex FROM referrals r "
                     "LEFT JOIN children c USING (child_id)",
-                    (_CIN_REFERRALS, _CIN_CHILDREN),
+                    (_CIN_REFERRALS, _pick(_CIN_CHILDREN, "dob", "sex")),
                     "child_id",
                 ),
                 _source(
                     "cin_episodes",
                     "SELECT e.*, c.dob, c.sex FROM cin_episodes e "
                     "LEFT JOIN children c USING (child_id)",
-                    (_CIN_EPISODES, _CIN_CHILDREN),
+                    (_CIN_EPISODES, _pick(_CIN_CHILDREN, "dob", "sex")),
                     "child_id",
                 ),
                 _source(
                     "cp_plans",
                     "SELECT p.*, c.dob, c.sex FROM cp_plans p "
                     "LEFT JOIN children c USING (child_id)",
-                    (_CIN_CP, _CIN_CHILDREN),
+                    (_CIN_CP, _pick(_CIN_CHILDREN, "dob", "sex")),
                     "child_id",
                 ),
                 _source("children", "SELECT * FROM children", (_CIN_CHILDREN,), "child_id"),
@@ -435,13 +443,13 @@ DATASETS: Mapping[str, Dataset] = MappingProxyType(
                 _source(
                     "attendance",
                     "SELECT a.*, p.dob, p.fsm, p.sen FROM attendance a JOIN pupils p USING (upn)",
-                    (_EDU_ATTENDANCE, _EDU_PUPILS),
+                    (_EDU_ATTENDANCE, _pick(_EDU_PUPILS, "dob", "fsm", "sen")),
                     "upn",
                 ),
                 _source(
                     "exclusions",
                     "SELECT x.*, p.dob, p.fsm, p.sen FROM exclusions x JOIN pupils p USING (upn)",
-                    (_EDU_EXCLUSIONS, _EDU_PUPILS),
+                    (_EDU_EXCLUSIONS, _pick(_EDU_PUPILS, "dob", "fsm", "sen")),
                     "upn",
                 ),
                 _source("pupils", "SELECT * FROM pupils", (_EDU_PUPILS,), "upn"),

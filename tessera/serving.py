@@ -103,7 +103,7 @@ def serve(
     reflection.enable_server_reflection(names, server)
     _add_reflection_v1(server, names)
     credentials = tls.server_credentials() if reload_from is None else _reloading(tls, reload_from)
-    port = observability._bind(server, address, credentials)
+    port = observability.bind_port(server, address, credentials)
     server.start()
     running_ops = Ops()
     try:

@@ -17,11 +17,13 @@ def _cells_table(title: str, cells: Sequence[Mapping[str, Any]]) -> Table:
     for d in dims:
         table.add_column(d)
     table.add_column("estimate", justify="right")
-    table.add_column("95% interval", justify="right")
+    table.add_column("interval (coverage)", justify="right")
     for c in cells:
         est = "suppressed" if c.get("suppressed") else f"{c['estimate']:g}"
         lo, hi = c["ci95"]
-        table.add_row(*[str(c["key"][d]) for d in dims], est, f"{lo:g} to {hi:g}")
+        # Each interval covers the truth at least 95% of the time; the exact level is shown.
+        cover = f" ({c['coverage']:.1%})" if c.get("coverage") is not None else ""
+        table.add_row(*[str(c["key"][d]) for d in dims], est, f"{lo:g} to {hi:g}{cover}")
     return table
 
 
@@ -72,5 +74,5 @@ def render(
         )
     console.print(
         f"\nThe region was synthesised at scale {scale} of about 500,000 children. "
-        "Figures are noisy by design; every cell carries a 95% interval."
+        "Figures are noisy by design; every cell carries an interval that covers the truth at least 95% of the time, with its exact level."
     )

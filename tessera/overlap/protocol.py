@@ -225,7 +225,10 @@ class Party:
         index: int,
         records: Records,
         noise: NoiseSource | None = None,
+        key: Callable[[str | None], str | None] = normalise,
     ) -> None:
+        """`key` normalises and validates one recorded key (None: not linkable); the NHS
+        number check unless a benchmark passes its own synthetic keys."""
         if not 0 <= index < query.n:
             raise ValueError("no such party in this query")
         if (query.epsilon is None) != (noise is None):
@@ -241,7 +244,7 @@ class Party:
             subset = category if index == query.category_party else 0
             if not 0 <= subset < subsets:
                 raise ValueError(f"sub-set {subset} out of range for party {index}")
-            nhs = normalise(raw)
+            nhs = key(raw)
             if nhs is None:
                 self._not_linkable[subset] += 1
             elif nhs not in seen:  # one child is one element per agency

@@ -136,7 +136,7 @@ openly.</li>
 the stated probability (for example 95%: 95 times in 100). Treat differences between
 cells whose intervals overlap with caution.</li>
 <li><strong>Suppressed</strong> means the figure was too small to publish safely; the true
-value is somewhere in the range shown, which may include zero. A suppressed cell is not
+value lies in the range shown with at least the stated probability, and may be zero. A suppressed cell is not
 a zero.</li>
 <li><strong>Counts are rounded and never below zero.</strong> Small differences between
 figures may be rounding or noise rather than real change.</li>

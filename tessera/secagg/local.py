@@ -6,8 +6,13 @@ nothing from that stage on. `tamper` may rewrite a message on its way to the ser
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable, Mapping
 from functools import partial
+from multiprocessing.connection import Connection
+
+import numpy as np
 
 from tessera import keys
 from tessera.secagg.protocol import (
@@ -124,3 +129,41 @@ def run(
     for signed in unmask.signatures:
         step(signed.sender, Stage.UNMASK, partial(reveal, signed.sender))
     return srv.finish()
+
+
+_STAGE_OF = {
+    "session": Stage.ADVERTISE,
+    "advertise_set": Stage.SHARE_KEYS,
+    "share_set": Stage.MASKED_INPUT,
+    "consistency_request": Stage.CONSISTENCY,
+    "unmask_request": Stage.UNMASK,
+}
+
+
+def serve_pipe(
+    conn: Connection, identity_pem: bytes, vector: list[int], die_at: str | None
+) -> None:
+    """A node process for tests on real processes: serves its sessions over `conn`.
+
+    Each request is a serialized SecAggMessage; each reply is b"M" + a serialized
+    SecAggMessage, or b"E" + the refusal's reason. With `die_at` set to a stage's
+    name, the process kills itself (SIGKILL, no clean-up) on receiving that stage's
+    request."""
+    from tessera.secagg.roles import NodeSessions
+
+    identity = keys.SigningKey.from_pem(identity_pem)
+    values = np.asarray(vector, dtype=np.int64)
+    node = NodeSessions(identity, lambda session: values)
+    while True:
+        try:
+            raw = conn.recv_bytes()
+        except EOFError:
+            return
+        msg = pb.SecAggMessage.FromString(raw)
+        stage = _STAGE_OF.get(msg.WhichOneof("body") or "")
+        if stage is not None and die_at == stage.value:
+            os.kill(os.getpid(), signal.SIGKILL)
+        try:
+            conn.send_bytes(b"M" + node.handle(msg).SerializeToString())
+        except Refused as e:
+            conn.send_bytes(b"E" + str(e).encode())

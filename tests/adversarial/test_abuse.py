@@ -520,12 +520,12 @@ def test_hostile_but_harmless_text_is_inert_data(abuse: sp.Cluster, path: str, a
     assert code == S.OK, details
     FIGURES["inert"] += 1
     answer = reply.answer
-    assert len(answer.cells) == 20 and answer.charged.epsilon > 0
+    assert len(answer.cells) == 24 and answer.charged.epsilon > 0
     if path.endswith("label") or path.endswith("other"):
         assert value in {label for dim in answer.dimensions for label in dim.labels}
     # The data and the ledger are intact: a plain question is still answered.
     plain = sp.call(abuse.stub().Execute, sp.execute(fed, sp.template_dict(fed, sp.T1), sp.P1))
-    assert plain[0] == S.OK and len(plain[2].answer.cells) == 20
+    assert plain[0] == S.OK and len(plain[2].answer.cells) == 24
 
 
 def test_a_template_with_a_million_categories_is_refused_at_the_door(abuse: sp.Cluster) -> None:

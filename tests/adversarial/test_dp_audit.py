@@ -185,7 +185,7 @@ class Neighbours:
         catalog = (self.d if which == "D" else self.dprime)[t.dataset]
         version = catalog.latest(t.dataset)
         assert version is not None
-        query = compiler.compile_query(t, params, exclude_opted_out=True)
+        query = compiler.compile_query(t, params, exclude_opted_out=True, order_key=bytes(32))
         cursor = catalog.connect(version).cursor()
         try:
             return compiler.run(cursor, query)
@@ -508,7 +508,7 @@ def end_to_end(tmp: Path, n: int, family_alpha: float) -> dict[str, Any]:
             vectors = set()
             for day in (days[0], days[len(days) // 2], days[-1]):
                 cursor = catalog.connect(version).cursor()
-                q = compiler.compile_query(t, {"on_date": day}, exclude_opted_out=True)
+                q = compiler.compile_query(t, {"on_date": day}, exclude_opted_out=True, order_key=bytes(32))
                 vectors.add(tuple(compiler.run(cursor, q)["count"]))
                 cursor.close()
             assert len(vectors) == 1

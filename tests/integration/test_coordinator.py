@@ -67,7 +67,7 @@ def test_approvers_publish_and_the_analyst_runs_combined_and_per_node(
     assert result.nodes_missing == {}
     assert result.privacy_spent == pytest.approx({"epsilon": 0.5})
     assert result.per_node is None
-    assert len(result.cells) == 20
+    assert len(result.cells) == 24
     for c in result.cells:
         assert set(c.key) == {"age_bracket", "placement"}
         assert c.suppressed or c.ci95[0] <= c.estimate <= c.ci95[1]
@@ -88,13 +88,15 @@ def test_approvers_publish_and_the_analyst_runs_combined_and_per_node(
         result.to_csv().splitlines()[0]
         == "age_bracket,placement,estimate,ci95_low,ci95_high,coverage,suppressed"
     )
-    assert len(result.to_rows()) == 20
-    assert _spent(region, "ssda903") == pytest.approx({o: 0.5 for o in region_lib.COUNCILS})
+    assert len(result.to_rows()) == 24
+    assert _spent(region, "ssda903") == pytest.approx(
+        {o: 0.125 for o in region_lib.COUNCILS}
+    )  # eps 0.5 = rho 0.125
 
     per_node = analyst.run_query(T1, {"on_date": "2024-03-31"}, mode="per_node")
     assert per_node.released and per_node.mode == "per_node"
     assert per_node.per_node is not None and sorted(per_node.per_node) == list(region_lib.COUNCILS)
-    assert all(len(cells) == 20 for cells in per_node.per_node.values())
+    assert all(len(cells) == 24 for cells in per_node.per_node.values())
     assert {r["scope"] for r in per_node.to_rows()} == {"combined", *region_lib.COUNCILS}
     assert [n["organisation"] for n in per_node.to_json_dict()["per_node"]] == sorted(
         region_lib.COUNCILS
@@ -153,7 +155,7 @@ def test_a_node_down_is_named_and_quorum_decides_the_release(region: region_lib.
         "Leeds": True,
         "Wakefield": False,
     }
-    assert len(result.cells) == 20
+    assert len(result.cells) == 24
 
     withheld = analyst.run_query(quorum3, P1, nodes=everyone)
     assert not withheld.released and withheld.cells == []

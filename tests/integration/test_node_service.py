@@ -47,14 +47,14 @@ def test_answers_template_1_with_every_cell_and_interval(running_node: Any) -> N
     a = reply.answer
     assert reply.organisation == "Leeds"
     assert [d.name for d in a.dimensions] == ["age_bracket", "placement"]
-    assert len(a.cells) == 20  # 5 age brackets x 4 placement categories, empty ones too
+    assert len(a.cells) == 24  # 6 age brackets (one "Age not recorded") x 4 placements, empty ones too
     for c in a.cells:
         assert c.ci95_low <= c.estimate <= c.ci95_high or c.suppressed
     assert a.cost.WhichOneof("loss") == "epsilon"
     assert a.cost.epsilon == pytest.approx(0.5)
     assert a.charged.epsilon == pytest.approx(0.5)
     assert not a.from_cache
-    assert len(a.measures) == 1 and len(a.measures[0].values) == 20
+    assert len(a.measures) == 1 and len(a.measures[0].values) == 24
     assert _spent(stub)["ssda903"] == pytest.approx(0.125)  # epsilon 0.5 as zCDP rho
 
 

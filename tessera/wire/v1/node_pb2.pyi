@@ -326,10 +326,13 @@ class AuditEntry(_message.Message):
     SIGNATURE_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     body: _builtins.bytes
-    """Canonical JSON body of the entry."""
+    """RFC 8785 canonical JSON body of the entry (it includes "seq" and "time")."""
     prev_hash: _builtins.str
+    """The previous entry's hash; 64 zeros for the first."""
     hash: _builtins.str
+    """Hex SHA-256(prev_hash as 32 raw bytes || body)."""
     signature: _builtins.bytes
+    """Ed25519 over "tessera/v1/audit-entry\\0" || hash as 32 raw bytes (docs/wire.md)."""
     def __init__(
         self,
         *,

@@ -139,7 +139,7 @@ def test_an_answer_that_does_not_fit_is_not_counted() -> None:
     assert not r.released
     status = {n.organisation: (n.status, n.message) for n in r.nodes}
     assert status["Leeds"] == ("OK", "")
-    assert status["Bradford"][0] == "INTERNAL" and "20 cells" in status["Bradford"][1]
+    assert status["Bradford"][0] == "INTERNAL" and "24 cells" in status["Bradford"][1]
     assert "answered as 'Calderdale'" in status["Kirklees"][1]
     assert "another template" in status["Wakefield"][1]
 

@@ -346,3 +346,40 @@ def test_a_node_joins_only_as_its_own_participant(identities: Ids) -> None:
     session.participants[1].node_key_id = session.participants[0].node_key_id
     with pytest.raises(Refused, match="twice"):
         SecAggServer(session)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 40), st.integers(0, 10_000), st.integers(1, 255))
+def test_a_flipped_byte_anywhere_gives_the_right_total_or_nothing(
+    which: int, position: int, xor: int
+) -> None:
+    """One byte of one message (either direction) is corrupted on the wire. Whoever
+    receives it refuses it, that node counts as failed, and the session either
+    releases the exact total of its contributors or releases nothing."""
+    ids = {i: keys.SigningKey.generate() for i in range(1, 6)}
+    vectors = _vectors(5, 6, 9)
+    seen = [0]
+
+    def flip(msg: pb.SecAggMessage) -> pb.SecAggMessage:
+        seen[0] += 1
+        if seen[0] - 1 != which:
+            return msg
+        data = bytearray(msg.SerializeToString())
+        data[position % len(data)] ^= xor
+        out = pb.SecAggMessage()
+        try:
+            out.ParseFromString(bytes(data))
+        except Exception:  # not parseable: the receiver would reject it outright
+            return pb.SecAggMessage()
+        return out
+
+    refusals: list[tuple[int, Stage, str]] = []
+    session = local.make_session("req/fuzz", ids, 3, 6)
+    try:
+        result = local.run(session, ids, vectors, tamper=flip, refusals=refusals)
+    except Aborted:
+        return
+    np.testing.assert_array_equal(result.total, sum(vectors[i] for i in result.contributors))
+    # A node whose message was refused before its input arrived is not in the total.
+    early = (Stage.ADVERTISE, Stage.SHARE_KEYS, Stage.MASKED_INPUT)
+    assert not {i for i, s, _ in refusals if s in early} & set(result.contributors)

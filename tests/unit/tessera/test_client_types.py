@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-
-import pytest
 
 from tessera.client_types import Cell, NodeReport, QueryResult
 
@@ -105,13 +102,7 @@ def test_per_node_rows_say_whose_cell() -> None:
     ]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pandas") is not None, reason="pandas is installed")
-def test_to_pandas_without_pandas_says_what_to_do() -> None:
-    with pytest.raises(ImportError, match="pip install pandas"):
-        _result(per_node=False).to_pandas()
-
-
-@pytest.mark.skipif(importlib.util.find_spec("pandas") is None, reason="pandas is not installed")
+# Without the notebook extra, to_pandas says what to install: tests/unit/tessera/test_notebook.py.
 def test_to_pandas_gives_one_row_per_cell() -> None:
     frame = _result(per_node=True).to_pandas()
     assert list(frame.columns)[:3] == ["scope", "age", "place"] and len(frame) == 3

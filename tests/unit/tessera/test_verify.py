@@ -249,3 +249,20 @@ def test_a_result_for_another_request_is_refused() -> None:
     assert {str(p) for p in v.problems} >= {
         f"{o}: statement: the signed answer is for another request (replayed)" for o in ORGS
     }
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(0, 2),
+    st.sampled_from(["statement", "signature", "payload"]),
+    st.binary(max_size=300),
+)
+def test_garbage_in_a_part_is_a_named_problem_never_a_crash(
+    index: int, field: str, junk: bytes
+) -> None:
+    c = case(Mode.PER_NODE)
+    parts = list(c.result.parts)
+    parts[index] = dataclasses.replace(parts[index], **{field: junk})
+    v = check(c, dataclasses.replace(c.result, parts=parts))
+    assert not v.ok
+    assert ORGS[index] in {p.node for p in v.problems}

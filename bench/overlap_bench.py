@@ -1,0 +1,312 @@
+"""Overlap scenario: private set intersection cardinality (tessera.overlap).
+
+Two agencies with 10^5 and 10^6 identifiers, measured side by side with OpenMined
+PSI (`openmined-psi`, in a virtualenv of its own, run as a subprocess) computing
+the same cardinality; and four agencies with 10^5 identifiers each. Tessera runs
+each party in a process of its own, as each would run at its own node; this
+process relays the messages and is the counter. DP noise is on (ε = 1, dummies
+drawn through the node's OpenDP module), as in production.
+
+`python -m bench.overlap_bench [--quick]` runs it alone and prints JSON;
+`python -m bench --only overlap` runs it inside the harness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tessera.overlap.protocol import (
+    COUNTER,
+    Counter,
+    DummyDraw,
+    Kind,
+    OverlapQuery,
+    Party,
+    recipient,
+)
+
+OPENMINED_SPEC = "openmined-psi==2.0.4"  # 2.0.5 and 2.0.6 pin a protobuf that clashes
+BENCH_DIR = Path(__file__).resolve().parent
+VENV = BENCH_DIR / ".venv-openmined-psi"
+RUNNER = BENCH_DIR / "openmined_psi_runner.py"
+FPR = 1e-9
+EPSILON = 1.0
+
+
+def ensure_venv(log: Callable[[str], None]) -> tuple[Path, float]:
+    """OpenMined PSI's own virtualenv (built once, reused while its marker matches)."""
+    python = VENV / "bin" / "python"
+    marker = VENV / "bench-spec.txt"
+    if python.exists() and marker.exists() and marker.read_text() == OPENMINED_SPEC:
+        return python, 0.0
+    log(f"  building {VENV.relative_to(BENCH_DIR.parent)} with {OPENMINED_SPEC}")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", OPENMINED_SPEC],
+        check=True,
+        timeout=1200,
+    )
+    marker.write_text(OPENMINED_SPEC)
+    return python, time.perf_counter() - start
+
+
+def bench_key(raw: str | None) -> str | None:
+    """The benchmark's keys are distinct ten-digit strings, not NHS numbers: the NHS's
+    999 test range holds fewer than 10^6 valid numbers, and no real number may be used."""
+    return raw if raw is not None and len(raw) == 10 and raw.isdigit() else None
+
+
+def make_sets(
+    work: Path, sizes: Sequence[int], common: int, seed: int
+) -> tuple[list[Path], list[list[int]]]:
+    """Sets of distinct keys sharing `common` keys among all of them and, in a chain,
+    another `common` between each neighbouring pair. Returns the files (one key a
+    line) and each key's category (0..4, for the first set only)."""
+    rng = np.random.default_rng(seed)
+    need = sum(sizes) + common * len(sizes)
+    pool = np.unique(rng.integers(0, 10**10, size=int(need * 1.01) + 100))
+    rng.shuffle(pool)
+    if pool.size < need:
+        raise RuntimeError("not enough distinct keys drawn")
+    keys = [f"{v:010d}" for v in pool[:need].tolist()]
+    it = iter(keys)
+    shared = [next(it) for _ in range(common)]
+    chain = [[next(it) for _ in range(common)] for _ in sizes]
+    paths, categories = [], []
+    for i, n in enumerate(sizes):
+        members = shared + (chain[i - 1] if i else []) + (chain[i] if i < len(sizes) - 1 else [])
+        members = members[:n] + [next(it) for _ in range(n - min(n, len(members)))]
+        path = work / f"overlap-set-{i}.txt"
+        path.write_text("\n".join(members) + "\n", encoding="ascii")
+        paths.append(path)
+        categories.append(rng.integers(0, 5, size=n).tolist() if i == 0 else [0] * n)
+    return paths, categories
+
+
+class _Noise:
+    """node.privacy's OpenDP draws behind tessera.overlap's NoiseSource."""
+
+    def dummies(self, epsilon: float, cells: int) -> DummyDraw:
+        from tessera.node import privacy
+
+        d = privacy.overlap_dummies(epsilon, cells)
+        return DummyDraw(
+            [int(c) for c in d.counts], d.shift, d.scale, d.variance, d.epsilon, d.delta
+        )
+
+    def counts(self, epsilon: float, exact: Sequence[int]) -> list[int]:
+        from tessera.node import privacy
+        from tessera.templates.model import Privacy, Sensitivity
+
+        (cal,) = privacy.calibrate(Privacy(epsilon=epsilon), {"n": Sensitivity(1.0, 1.0)})
+        return [int(v) for v in privacy.add_noise(cal, np.asarray(exact, dtype=np.int64)).values]
+
+
+def _party_main(
+    conn: Connection, query: OverlapQuery, index: int, path: str, cats: list[int]
+) -> None:
+    from tessera.node import privacy  # OpenDP's import is not part of a query's time
+
+    privacy.overlap_dummies(EPSILON, 1)
+    keys = Path(path).read_text(encoding="ascii").split()
+    conn.send("loaded")
+    party: Party | None = None
+    while True:
+        cmd, payload = conn.recv()
+        if cmd == "init":
+            party = Party(query, index, zip(keys, cats, strict=True), _Noise(), key=bench_key)
+            conn.send(None)
+        elif cmd == "hello":
+            assert party is not None
+            conn.send(party.hello())
+        elif cmd == "plan":
+            assert party is not None
+            conn.send(party.dummy_plan())
+        elif cmd == "start":
+            assert party is not None
+            conn.send(party.start())
+        elif cmd == "handle":
+            assert party is not None
+            conn.send([r for data in payload for r in party.handle(data)])
+        elif cmd == "cpu":
+            conn.send(time.process_time())
+        else:
+            conn.send(None)
+            return
+
+
+def run_tessera(
+    query: OverlapQuery, paths: Sequence[Path], cats: Sequence[list[int]]
+) -> dict[str, Any]:
+    """One query, one process per party; this process relays and counts."""
+    ctx = mp.get_context("spawn")
+    conns, procs = [], []
+    for i, path in enumerate(paths):
+        here, there = ctx.Pipe()
+        p = ctx.Process(target=_party_main, args=(there, query, i, str(path), cats[i]))
+        p.start()
+        conns.append(here)
+        procs.append(p)
+    try:
+        for c in conns:
+            assert c.recv() == "loaded"
+
+        def everyone(cmd: str, payloads: Sequence[Any] | None = None) -> list[Any]:
+            for i, c in enumerate(conns):  # send to all first, so the parties work in parallel
+                c.send((cmd, payloads[i] if payloads is not None else None))
+            return [c.recv() for c in conns]
+
+        start = time.perf_counter()
+        cpu0 = everyone("cpu")
+        everyone("init")
+        counter = Counter(query)
+        hellos = [*everyone("hello"), counter.hello()]
+        senders = [*range(query.n), COUNTER]
+        inbox: list[list[bytes]] = [[] for _ in range(query.n)]
+        for sender, h in zip(senders, hellos, strict=True):
+            for to in range(query.n):
+                if to != sender:
+                    inbox[to].append(h)
+        everyone("handle", inbox)
+        moved = 0
+
+        def route(messages: list[bytes], box: list[list[bytes]]) -> None:
+            nonlocal moved
+            for data in messages:
+                moved += len(data)
+                to = recipient(query, data)
+                if to == COUNTER:
+                    counter.handle(data)
+                else:
+                    box[to].append(data)
+
+        conns[query.noiser].send(("plan", None))
+        plans: list[list[bytes]] = [[] for _ in range(query.n)]
+        route(conns[query.noiser].recv(), plans)
+        everyone("handle", plans)
+        pending: list[list[bytes]] = [[] for _ in range(query.n)]
+        for out in everyone("start"):
+            route(out, pending)
+        while any(pending):
+            batch, pending = pending, [[] for _ in range(query.n)]
+            for out in everyone("handle", batch):
+                route(out, pending)
+        t_count = time.perf_counter()
+        result = counter.result()
+        count_s = time.perf_counter() - t_count
+        seconds = time.perf_counter() - start
+        cpu = [b - a for a, b in zip(cpu0, everyone("cpu"), strict=True)]
+        everyone("stop")
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    return {
+        "seconds": round(seconds, 2),
+        "counter_match_s": round(count_s, 2),
+        "party_cpu_s": [round(c, 2) for c in cpu],
+        "bytes_relayed": moved,
+        "released": [c.value for c in result.cells],
+        "epsilon": result.epsilon,
+        "delta": result.delta,
+    }
+
+
+def run_openmined(python: Path, client: Path, server: Path, work: Path) -> dict[str, Any]:
+    spec = work / "openmined-spec.json"
+    spec.write_text(json.dumps({"client": str(client), "server": str(server), "fpr": FPR}))
+    done = subprocess.run(
+        [str(python), str(RUNNER), str(spec)], capture_output=True, text=True, timeout=3600
+    )
+    if done.returncode != 0:
+        tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+        raise RuntimeError(f"the OpenMined PSI runner failed ({done.returncode}): {tail}")
+    out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+def run(
+    work: Path, log: Callable[[str], None], *, quick: bool = False, openmined: bool = True
+) -> dict[str, Any]:
+    small, large, four = (10**3, 10**4, 10**3) if quick else (10**5, 10**6, 10**5)
+    common = small // 4
+    out: dict[str, Any] = {"epsilon": EPSILON, "notes": []}
+
+    log(f"  two agencies: {small:,} x {large:,}")
+    paths, _ = make_sets(work, (small, large), common, seed=13)
+    truth = common + common  # the shared block and the chain block between the two
+    q2 = OverlapQuery(os.urandom(16), ("a", "b"), ("all",), Kind.ALL, 0, epsilon=EPSILON)
+    two = run_tessera(q2, paths, [[0] * small, [0] * large])
+    two["sizes"] = [small, large]
+    two["true_cardinality"] = truth
+    out["two"] = two
+    log(f"  tessera: {two['seconds']} s, released {two['released']} (truth {truth})")
+    out["openmined_psi"] = None
+    if openmined:
+        try:
+            python, built = ensure_venv(log)
+            if built:
+                out["notes"].append(f"built {VENV.name} in {built:.0f} s")
+            om = run_openmined(python, paths[0], paths[1], work)
+            out["openmined_psi"] = om
+            log(f"  openmined-psi: {om['seconds']} s, cardinality {om['cardinality']}")
+            out["overlap_speedup_vs_openmined_psi"] = round(om["seconds"] / two["seconds"], 2)
+        except Exception as e:  # no venv (no network) or a failed run: say so, keep the rest
+            out["notes"].append(f"OpenMined PSI skipped: {type(e).__name__}: {e}")
+    log(f"  four agencies: 4 x {four:,}, at least 3 of 4, by 5 categories")
+    paths4, cats4 = make_sets(work, (four,) * 4, four // 4, seed=14)
+    q4 = OverlapQuery(
+        os.urandom(16),
+        ("a", "b", "c", "d"),
+        ("c0", "c1", "c2", "c3", "c4"),
+        Kind.AT_LEAST_K,
+        0,
+        k=3,
+        epsilon=EPSILON,
+    )
+    four_r = run_tessera(q4, paths4, cats4)
+    four_r["sizes"] = [four] * 4
+    out["four"] = four_r
+    log(f"  tessera, four agencies: {four_r['seconds']} s")
+    out["notes"].append(
+        "Tessera: one process per party (as at separate nodes) on this machine's "
+        f"{os.cpu_count()} cores, ristretto255 via libsodium (rbcl), DP dummies on; OpenMined "
+        "PSI: client and server in one process, P-256, GCS setup at fpr 1e-9, cardinality "
+        "only; both include serialising every message"
+    )
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.overlap_bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-openmined", action="store_true")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="tessera-overlap-") as tmp:
+        result = run(
+            Path(tmp),
+            lambda s: print(s, file=sys.stderr, flush=True),
+            quick=args.quick,
+            openmined=not args.no_openmined,
+        )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
