@@ -145,3 +145,25 @@ def test_a_noisy_query_needs_its_plan_and_a_noise_source() -> None:
         OverlapQuery(os.urandom(16), ("a", "b"), ("x",), Kind.A_NOT_B, 1, a=0, b=1)
     with pytest.raises(ValueError, match="k must be"):
         OverlapQuery(os.urandom(16), ("a", "b"), ("x",), Kind.AT_LEAST_K, k=3)
+
+
+def test_a_noisy_party_will_not_send_before_its_dummy_plan(node_noise: object) -> None:
+    q = _query(epsilon=1.0)
+    parties = [Party(q, i, [("9434765919", 0)], node_noise) for i in range(q.n)]  # type: ignore[arg-type]
+    counter = Counter(q)
+    hellos = [p.hello() for p in parties] + [counter.hello()]
+    for p in parties:
+        for j, h in enumerate(hellos):
+            if j != p.index:
+                p.handle(h)
+    with pytest.raises(OverlapError, match="dummy plan has not arrived"):
+        parties[1].start()
+    with pytest.raises(OverlapError, match="only the noise party"):
+        parties[1].dummy_plan()
+    plans = parties[0].dummy_plan()
+    assert [recipient(q, d) for d in plans] == [1, 2, COUNTER]
+    with pytest.raises(seal.SealError):  # party 2's plan does not open at party 1
+        parties[1].handle(plans[1])
+    parties[1].handle(plans[0])
+    with pytest.raises(OverlapError, match="second dummy plan"):
+        parties[1].handle(plans[0])

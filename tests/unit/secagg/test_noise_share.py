@@ -86,8 +86,8 @@ def _audit(rho: float, t: int, samples: int) -> tuple[float, float]:
     gives the lower bound; the claim is OpenDP's ε at δ = 1e-6 for the charged ρ."""
     share = privacy.secagg_noise_share(rho, 1.0, t, samples)  # support is 1 cell
     zero = np.zeros(samples, dtype=np.int64)
-    a = sum(privacy.add_noise_share(share, zero) for _ in range(t))
-    b = sum(privacy.add_noise_share(share, zero + (1 if i == 0 else 0)) for i in range(t))
+    a = np.sum([privacy.add_noise_share(share, zero) for _ in range(t)], axis=0)
+    b = np.sum([privacy.add_noise_share(share, zero + (i == 0)) for i in range(t)], axis=0)
     slack = math.sqrt(math.log(2 / 1e-3) / (2 * samples))
     best = 0.0
     for c in range(int(min(a.min(), b.min())), int(max(a.max(), b.max())) + 1):

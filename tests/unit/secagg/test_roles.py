@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 
 import numpy as np
 import pytest
 
 from tessera import keys
-from tessera.secagg import Aborted, Refused, Stage, local
+from tessera.secagg import Aborted, Refused, SecAggResult, Stage, local
 from tessera.secagg.roles import Failure, NodeSessions, run_session
 from tessera.wire.v1 import secagg_pb2 as pb
 
@@ -38,10 +38,14 @@ _KIND_STAGE = {
 }
 
 
+def _fixed(vector: np.ndarray) -> Callable[[pb.SecAggSession], np.ndarray]:
+    return lambda session: vector
+
+
 @pytest.mark.parametrize("stage", local.STAGES)
 def test_a_node_that_goes_silent_is_left_out_at_the_deadline(stage: Stage) -> None:
     ids, vectors, session = _setup(f"req/silent/{stage.value}")
-    nodes = {i: NodeSessions(k, lambda s, i=i: vectors[i]) for i, k in ids.items()}
+    nodes = {i: NodeSessions(k, _fixed(vectors[i])) for i, k in ids.items()}
 
     async def call(i: int, msg: pb.SecAggMessage) -> pb.SecAggMessage:
         if i == 2 and _KIND_STAGE[msg.WhichOneof("body") or ""] is stage:
@@ -119,7 +123,7 @@ def context() -> Iterator[multiprocessing.context.BaseContext]:
 
 def _run_on_processes(
     ctx: multiprocessing.context.BaseContext, session_id: str, die: dict[int, Stage]
-) -> tuple[dict[int, np.ndarray], list[Failure], pb.SecAggResult | Aborted]:
+) -> tuple[dict[int, np.ndarray], list[Failure], SecAggResult | Aborted]:
     ids, vectors, session = _setup(session_id)
     procs, conns = {}, {}
     for i, k in ids.items():
