@@ -234,17 +234,21 @@ def approx_epsilon(rho: float, delta: float) -> float:
 class NoiseShare:
     """One node's noise for a secure-aggregation sum that meets `rho` with >= t shares.
 
-    The sum of t independent discrete Gaussians of scale σ is not itself a discrete
-    Gaussian. Kairouz, Liu and Steinke (ICML 2021, Theorem 1) bound it: for
-    σ >= 1/2 it is (ε²/2)-zCDP with ε² <= Δ₂²/(tσ²) + τ·d/2, where
-    τ = 10·Σ_{k=1}^{t-1} exp(-2π²σ²·k/(k+1)) and d is the number of cells. So
-    ρ = Δ₂²/(2tσ²) + τ·d/4: the first term is OpenDP's map of one discrete Gaussian
-    of scale σ√t (`central_rho`); the second (`excess_rho`) is computed here from
-    that formula. The bound is a sum over cells of one-cell bounds, and a cell that
-    neighbouring datasets leave unchanged contributes nothing, so d is the most cells
-    one unit can change: an integer change of L2 norm at most Δ₂ touches at most
-    ⌊Δ₂²⌋ cells (`support`). More than t contributors only add independent noise,
-    which cannot raise ρ (post-processing)."""
+    The sum Z of t independent discrete Gaussians of scale σ is not itself a discrete
+    Gaussian. Kairouz, Liu and Steinke (ICML 2021; Proposition 14 of arXiv
+    2102.06387) bound it: for σ >= 1/2, integer Δ with ‖Δ‖₂ <= Δ₂, ‖Δ‖₁ <= Δ₁ in d
+    cells, and every α >= 1, D_α(Z + Δ ‖ Z) is at most the least of
+        α/2·a² + τd,   α/2·(a² + 2Δ₁τ/(√t·σ) + τ²d),   α/2·(a + τ√d)²,
+    where a = Δ₂/(√t·σ) and τ = 10·Σ_{k=1}^{t-1} exp(-2π²σ²·k/(k+1)). Each is at most
+    α·ρᵢ for all α >= 1 (the first because τd <= α·τd), so the sum is ρ-zCDP with
+    ρ = min(a²/2 + τd, a²/2 + Δ₁τ/(√t·σ) + τ²d/2, (a + τ√d)²/2).
+    a²/2 is OpenDP's map of one discrete Gaussian of scale σ√t (`central_rho`); the
+    rest (`excess_rho`) is computed here from the formula. Rényi divergences of
+    independent cells add, and a cell that neighbouring datasets leave unchanged adds
+    nothing, so d is the most cells one unit can change: an integer change of L2 norm
+    at most Δ₂ touches at most ⌊Δ₂²⌋ cells (`support`), and has ‖Δ‖₁ <= Δ₂². More
+    than t contributors only add independent noise, which cannot raise ρ
+    (post-processing)."""
 
     scale: float
     threshold: int
@@ -255,30 +259,42 @@ class NoiseShare:
     rho: float
 
 
-def _kls_excess_rho(scale: float, threshold: int, cells: int) -> float:
+def _kls_rho(central: float, scale: float, l1: float, threshold: int, support: int) -> float:
+    """KLS's ρ for the t-node sum, given OpenDP's ρ of the Gaussian part (see NoiseShare)."""
     tau = 10 * math.fsum(
         math.exp(-2 * math.pi**2 * scale**2 * k / (k + 1)) for k in range(1, threshold)
     )
-    return tau * cells / 4
+    a = math.sqrt(2 * central)
+    d = float(support)
+    return min(
+        central + tau * d,
+        central + l1 * tau / (math.sqrt(threshold) * scale) + tau * tau * d / 2,
+        (a + tau * math.sqrt(d)) ** 2 / 2,
+    )
 
 
-def _noise_share_rho(scale: float, l2: float, threshold: int, cells: int) -> tuple[float, float]:
+def _noise_share_rho(
+    scale: float, l1: float, l2: float, threshold: int, support: int
+) -> tuple[float, float]:
     central = float(_gaussian(scale * math.sqrt(threshold)).map(float(l2)))
-    return central, _kls_excess_rho(scale, threshold, cells)
+    return central, _kls_rho(central, scale, l1, threshold, support) - central
 
 
-def secagg_noise_share(rho: float, l2: float, threshold: int, cells: int) -> NoiseShare:
+def secagg_noise_share(
+    rho: float, l2: float, threshold: int, cells: int, l1: float | None = None
+) -> NoiseShare:
     """The smallest per-node scale (to bisection precision) whose t-node sum meets `rho`."""
     if threshold < 2 or cells < 1:
         raise CalibrationError("secure aggregation needs a threshold of at least 2")
     central_scale, _ = _calibrate("rho", float(l2), float(l2), float(rho))
     limit = rho * (1 + _TOLERANCE)
     support = max(1, min(cells, math.floor(l2 * l2 * (1 + _TOLERANCE))))
+    l1_bound = l2 * l2 if l1 is None else min(float(l1), l2 * l2)
 
     def total(s: float) -> float:
-        return math.fsum(_noise_share_rho(s, l2, threshold, support))
+        return math.fsum(_noise_share_rho(s, l1_bound, l2, threshold, support))
 
-    # KLS's theorem needs σ >= 1/2; a larger σ only adds noise.
+    # KLS's bound needs σ >= 1/2; a larger σ only adds noise.
     low = max(central_scale / math.sqrt(threshold), 0.5)
     scale = low
     if total(low) > limit:
@@ -291,7 +307,7 @@ def secagg_noise_share(rho: float, l2: float, threshold: int, cells: int) -> Noi
             mid = (low + high) / 2
             low, high = (low, mid) if total(mid) <= limit else (mid, high)
         scale = high
-    central, excess = _noise_share_rho(scale, l2, threshold, support)
+    central, excess = _noise_share_rho(scale, l1_bound, l2, threshold, support)
     if central + excess > limit:
         raise CalibrationError("OpenDP could not calibrate a noise share within the declared rho")
     return NoiseShare(scale, threshold, cells, support, central, excess, central + excess)

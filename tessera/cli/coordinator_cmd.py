@@ -23,6 +23,10 @@ def register(sub: Any) -> None:
     observability.add_arguments(serve)
     serve.set_defaults(handler=_serve)
 
+    from tessera.cli.rotate_cmd import register_rotate
+
+    register_rotate(c_sub, "coordinator")
+
 
 def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from tessera import observability

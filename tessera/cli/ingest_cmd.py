@@ -7,11 +7,15 @@ in ``node.ingest.ingest_dataset``; this only parses arguments and prints.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 from tessera.clock import SystemClock
+from tessera.config import ConfigError
+from tessera.node import config as node_config
+from tessera.node import vault
 from tessera.node.ingest import IngestError, ingest_dataset
 from tessera.schemas import DATASETS
 
@@ -50,11 +54,25 @@ def register_ingest(node_subparsers: argparse._SubParsersAction[argparse.Argumen
             "See docs/ingest.md for every rule and report line."
         ),
     )
-    p.add_argument("--data-dir", required=True, type=Path, metavar="PATH")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=(
+            "the node's config: its data_dir, its [encryption] key and, when no --table "
+            "is given, the dataset's [datasets.NAME.sources] files"
+        ),
+    )
+    where.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="PATH",
+        help="the node's data folder (the data key then comes from TESSERA_DATA_KEY_FILE)",
+    )
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS), metavar="NAME")
     p.add_argument(
         "--table",
-        required=True,
         action="append",
         type=_table_file,
         metavar="NAME=PATH",
@@ -79,20 +97,47 @@ def register_ingest(node_subparsers: argparse._SubParsersAction[argparse.Argumen
     p.set_defaults(handler=handle_ingest)
 
 
+def _from_config(
+    args: argparse.Namespace, environ: Mapping[str, str]
+) -> tuple[Path, dict[str, list[Path]], vault.DataKey]:
+    """The data folder, source files and data key a node config gives for a dataset."""
+    cfg = node_config.load(args.config)
+    ds = cfg.datasets.get(args.dataset)
+    if ds is None:
+        raise ConfigError(f"{args.config}: datasets.{args.dataset}: this node does not host it")
+    files = {table: list(paths) for table, paths in ds.sources.items()}
+    if not args.table and not files:
+        raise ConfigError(
+            f"{args.config}: datasets.{args.dataset}.sources: no files listed; "
+            "list them there or give --table NAME=PATH"
+        )
+    key = vault.load_key(cfg.encryption, environ, str(args.config))
+    return cfg.data_dir, files, key
+
+
 def handle_ingest(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     dataset = DATASETS[args.dataset]
     files: dict[str, list[Path]] = {}
-    for name, path in args.table:
-        files.setdefault(name, []).append(path)
+    key: vault.DataKey | None = None
+    data_dir = args.data_dir
+    if args.config is not None:
+        data_dir, files, key = _from_config(args, environ)
+    elif not args.table:
+        raise ConfigError("tessera node ingest: give --table NAME=PATH, or --config FILE")
+    if args.table:  # files on the command line replace the config's list
+        files = {}
+        for name, path in args.table:
+            files.setdefault(name, []).append(path)
     try:
-        report = ingest_dataset(
-            dataset,
-            files,
-            args.data_dir,
-            SystemClock().now(),
-            dry_run=args.dry_run,
-            max_refused_share=args.max_refused,
-        )
+        with vault.using_key(key) if key is not None else contextlib.nullcontext():
+            report = ingest_dataset(
+                dataset,
+                files,
+                data_dir,
+                SystemClock().now(),
+                dry_run=args.dry_run,
+                max_refused_share=args.max_refused,
+            )
     except IngestError as e:
         if e.report is not None:
             sys.stdout.write(e.report.render())

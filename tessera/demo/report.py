@@ -74,5 +74,6 @@ def render(
         )
     console.print(
         f"\nThe region was synthesised at scale {scale} of about 500,000 children. "
-        "Figures are noisy by design; every cell carries an interval that covers the truth at least 95% of the time, with its exact level."
+        "Figures are noisy by design; every cell carries an interval that covers the "
+        "truth at least 95% of the time, with its exact level."
     )

@@ -136,8 +136,8 @@ openly.</li>
 the stated probability (for example 95%: 95 times in 100). Treat differences between
 cells whose intervals overlap with caution.</li>
 <li><strong>Suppressed</strong> means the figure was too small to publish safely; the true
-value lies in the range shown with at least the stated probability, and may be zero. A suppressed cell is not
-a zero.</li>
+value lies in the range shown with at least the stated probability, and may be zero.
+A suppressed cell is not a zero.</li>
 <li><strong>Counts are rounded and never below zero.</strong> Small differences between
 figures may be rounding or noise rather than real change.</li>
 <li><strong>Privacy spent</strong> is paid from each contributing organisation's own

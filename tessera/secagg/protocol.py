@@ -340,10 +340,12 @@ class SecAggClient:
         self._enter(Stage.UNMASK, request.context)
         if list(request.survivors) != self._survivors:
             raise self._fail("the survivor set differs from the one this node signed")
-        signers = set()
+        signers: set[int] = set()
         payload = crypto.indexes(self._survivors)
         for c in request.signatures:
-            if c.context != self.context or c.sender not in self._survivors:
+            if len(signers) >= self._t:
+                break  # t distinct signers suffice
+            if c.context != self.context or c.sender not in self._survivors or c.sender in signers:
                 continue
             if crypto.verify(
                 self._roster[c.sender],

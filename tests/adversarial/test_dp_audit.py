@@ -508,7 +508,9 @@ def end_to_end(tmp: Path, n: int, family_alpha: float) -> dict[str, Any]:
             vectors = set()
             for day in (days[0], days[len(days) // 2], days[-1]):
                 cursor = catalog.connect(version).cursor()
-                q = compiler.compile_query(t, {"on_date": day}, exclude_opted_out=True, order_key=bytes(32))
+                q = compiler.compile_query(
+                    t, {"on_date": day}, exclude_opted_out=True, order_key=bytes(32)
+                )
                 vectors.add(tuple(compiler.run(cursor, q)["count"]))
                 cursor.close()
             assert len(vectors) == 1

@@ -47,7 +47,7 @@ def test_answers_template_1_with_every_cell_and_interval(running_node: Any) -> N
     a = reply.answer
     assert reply.organisation == "Leeds"
     assert [d.name for d in a.dimensions] == ["age_bracket", "placement"]
-    assert len(a.cells) == 24  # 6 age brackets (one "Age not recorded") x 4 placements, empty ones too
+    assert len(a.cells) == 24  # 6 age brackets ("Age not recorded" too) x 4 placements
     for c in a.cells:
         assert c.ci95_low <= c.estimate <= c.ci95_high or c.suppressed
     assert a.cost.WhichOneof("loss") == "epsilon"

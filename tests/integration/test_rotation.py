@@ -156,3 +156,35 @@ def test_the_rotate_key_command(fed: fedlib.Federation, tmp_path: Path) -> None:
     assert again.returncode == 2
     assert "Traceback" not in again.stderr
     assert "already handed over" in again.stderr and "signing_key" in again.stderr
+
+
+def test_the_coordinator_rotates_its_key_and_keeps_its_chain(tmp_path: Path) -> None:
+    from tessera.coordinator import keyrotation as coordinator_rotation
+    from tessera.coordinator import main as coordinator_main
+    from tests.support import coordinator as coordlib
+
+    region = coordlib.start_region(tmp_path, ("Leeds",))
+    try:
+        coordlib.published(region, T1)
+        region.analyst().run_query(T1, {"on_date": "2025-03-31"}, mode="combined")
+        old = SigningKey.load(region.cfg.signing_key)
+        region.coordinator.stop(0)
+        region.coordinator = None
+        new_path = tmp_path / "coordinator-2027.key"
+        new = SigningKey.generate()
+        new.save(new_path)
+        done = coordinator_rotation.rotate(region.cfg, new_path)
+        assert done.accepted_seq == done.handover_seq + 1
+        region.cfg = dataclasses.replace(region.cfg, signing_key=new_path)
+        region.coordinator = coordinator_main.start(region.cfg)
+        # The register survived: the template is still published, and queries go on.
+        region.analyst().run_query(T1, {"on_date": "2024-03-31"}, mode="combined")
+        region.coordinator.stop(0)
+        region.coordinator = None
+        db = region.cfg.state_dir / "coordinator.sqlite"
+        for key in (old.public, new.public):
+            result = audit.verify(db, key)
+            assert result.ok, result.problems
+            assert result.entries > done.accepted_seq
+    finally:
+        region.stop()

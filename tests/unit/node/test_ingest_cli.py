@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tessera.cli.ingest_cmd import register_ingest
+from tessera.config import ConfigError
 from tessera.schemas import DATASETS
 from tests.unit.node.helpers import valid_file_set, write_text
 
@@ -77,14 +78,20 @@ def test_ingest_error_exits_2_and_writes_nothing(
     [
         ["--data-dir", "d", "--dataset", "ssda903", "--table", "header"],
         ["--data-dir", "d", "--dataset", "nope", "--table", "header=h.csv"],
-        ["--data-dir", "d", "--dataset", "ssda903"],
         ["--dataset", "ssda903", "--table", "header=h.csv"],
+        ["--config", "c.toml", "--data-dir", "d", "--dataset", "ssda903"],
     ],
 )
 def test_bad_arguments_are_usage_errors(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         parse(argv)
     assert info.value.code == 2
+
+
+def test_a_data_dir_without_tables_is_refused_before_any_work() -> None:
+    args = parse(["--data-dir", "d", "--dataset", "ssda903"])
+    with pytest.raises(ConfigError, match="--table"):
+        args.handler(args, {})
 
 
 def test_dry_run_prints_the_whole_report_and_publishes_nothing(

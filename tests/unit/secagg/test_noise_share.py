@@ -37,8 +37,15 @@ def test_the_charged_rho_is_within_the_template_and_made_of_openDP_and_KLS(
     # The Gaussian part is OpenDP's map of one discrete Gaussian of scale σ√t.
     assert share.central_rho == pytest.approx(l2 * l2 / (2 * t * share.scale**2), rel=1e-9)
     assert share.support == min(cells, math.floor(l2 * l2 + 1e-9))
+    # KLS (Proposition 14 of arXiv 2102.06387), with Δ₁ <= Δ₂² and d = the support.
     tau = 10 * sum(math.exp(-2 * math.pi**2 * share.scale**2 * k / (k + 1)) for k in range(1, t))
-    assert share.excess_rho == pytest.approx(tau * share.support / 4, rel=1e-9)
+    a, d = math.sqrt(2 * share.central_rho), share.support
+    kls = min(
+        share.central_rho + tau * d,
+        share.central_rho + l2 * l2 * tau / (math.sqrt(t) * share.scale) + tau**2 * d / 2,
+        (a + tau * math.sqrt(d)) ** 2 / 2,
+    )
+    assert share.rho == pytest.approx(kls, rel=1e-9)
     assert share.rho == pytest.approx(share.central_rho + share.excess_rho)
 
 
