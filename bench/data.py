@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import resource
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -26,6 +26,7 @@ import duckdb
 import numpy as np
 import numpy.typing as npt
 
+from bench import stats
 from tessera import schemas
 from tessera.clock import isoformat
 from tessera.node.ingest.build import DUCKDB_TYPES
@@ -182,7 +183,9 @@ def generate_in_child(data_dir: Path, records: int, seed: int) -> tuple[Generate
 
 def _main(argv: list[str]) -> None:
     g = generate(Path(argv[0]), int(argv[1]), int(argv[2]))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss across fork and exec,
+    # so a child would report its parent's peak if that were higher.
+    peak = stats.peak_rss_mb(os.getpid())["VmHWM"]
     print(json.dumps({"seconds": round(g.seconds, 3), "peak_rss_mb": round(peak, 1)}))
 
 

@@ -17,12 +17,14 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import queue
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection
+from collections.abc import Callable, Iterator, Sequence
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -119,34 +121,83 @@ class _Noise:
 def _party_main(
     conn: Connection, query: OverlapQuery, index: int, path: str, cats: list[int]
 ) -> None:
+    """One party in a process of its own: commands and messages in, messages out.
+    While it sends its own set it also serves what arrives, chunk by chunk."""
     from tessera.node import privacy  # OpenDP's import is not part of a query's time
 
     privacy.overlap_dummies(EPSILON, 1)
     keys = Path(path).read_text(encoding="ascii").split()
-    conn.send("loaded")
+    conn.send(("ok", None))
     party: Party | None = None
-    while True:
-        cmd, payload = conn.recv()
+    own: Iterator[bytes] | None = None
+
+    def serve(cmd: str, payload: Any) -> bool:
+        nonlocal party, own
         if cmd == "init":
             party = Party(query, index, zip(keys, cats, strict=True), _Noise(), key=bench_key)
-            conn.send(None)
-        elif cmd == "hello":
-            assert party is not None
-            conn.send(party.hello())
+            conn.send(("ok", None))
+            return True
+        if cmd == "cpu":
+            conn.send(("ok", time.process_time()))
+            return True
+        if cmd == "stop":
+            conn.send(("ok", None))
+            return False
+        assert party is not None
+        if cmd == "hello":
+            conn.send(("ok", party.hello()))
         elif cmd == "plan":
-            assert party is not None
-            conn.send(party.dummy_plan())
+            conn.send(("ok", party.dummy_plan()))
         elif cmd == "start":
-            assert party is not None
-            conn.send(party.start())
-        elif cmd == "handle":
-            assert party is not None
-            conn.send([r for data in payload for r in party.handle(data)])
-        elif cmd == "cpu":
-            conn.send(time.process_time())
-        else:
-            conn.send(None)
-            return
+            own = party.stream()
+        elif cmd == "msg":
+            replies = party.handle(payload)
+            if replies:
+                conn.send(("out", replies))
+        return True
+
+    try:
+        while True:
+            if own is not None:
+                data = next(own, None)
+                if data is None:
+                    own = None
+                else:
+                    conn.send(("out", [data]))
+                while conn.poll():
+                    if not serve(*conn.recv()):
+                        return
+            elif not serve(*conn.recv()):
+                return
+    except Exception as e:  # report, so the driver fails loudly rather than hangs
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+
+
+class _Link:
+    """The driver's end of one party: a thread sends, so the driver only ever reads."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.queue: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        while (item := self.queue.get()) is not None:
+            self.conn.send(item)
+
+    def send(self, cmd: str, payload: Any = None) -> None:
+        self.queue.put((cmd, payload))
+
+    def recv(self) -> Any:
+        kind, payload = self.conn.recv()
+        if kind == "error":
+            raise RuntimeError(f"a party failed: {payload}")
+        return payload
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=10)
 
 
 def run_tessera(
@@ -154,57 +205,53 @@ def run_tessera(
 ) -> dict[str, Any]:
     """One query, one process per party; this process relays and counts."""
     ctx = mp.get_context("spawn")
-    conns, procs = [], []
+    links, procs = [], []
     for i, path in enumerate(paths):
         here, there = ctx.Pipe()
         p = ctx.Process(target=_party_main, args=(there, query, i, str(path), cats[i]))
         p.start()
-        conns.append(here)
+        links.append(_Link(here))
         procs.append(p)
     try:
-        for c in conns:
-            assert c.recv() == "loaded"
+        for link in links:
+            link.recv()
 
-        def everyone(cmd: str, payloads: Sequence[Any] | None = None) -> list[Any]:
-            for i, c in enumerate(conns):  # send to all first, so the parties work in parallel
-                c.send((cmd, payloads[i] if payloads is not None else None))
-            return [c.recv() for c in conns]
+        def everyone(cmd: str) -> list[Any]:
+            for link in links:  # send to all first, so the parties work in parallel
+                link.send(cmd)
+            return [link.recv() for link in links]
 
-        start = time.perf_counter()
         cpu0 = everyone("cpu")
+        start = time.perf_counter()
         everyone("init")
         counter = Counter(query)
         hellos = [*everyone("hello"), counter.hello()]
         senders = [*range(query.n), COUNTER]
-        inbox: list[list[bytes]] = [[] for _ in range(query.n)]
         for sender, h in zip(senders, hellos, strict=True):
             for to in range(query.n):
                 if to != sender:
-                    inbox[to].append(h)
-        everyone("handle", inbox)
+                    links[to].send("msg", h)
         moved = 0
 
-        def route(messages: list[bytes], box: list[list[bytes]]) -> None:
+        def route(data: bytes) -> None:
             nonlocal moved
-            for data in messages:
-                moved += len(data)
-                to = recipient(query, data)
-                if to == COUNTER:
-                    counter.handle(data)
-                else:
-                    box[to].append(data)
+            moved += len(data)
+            to = recipient(query, data)
+            if to == COUNTER:
+                counter.handle(data)
+            else:
+                links[to].send("msg", data)
 
-        conns[query.noiser].send(("plan", None))
-        plans: list[list[bytes]] = [[] for _ in range(query.n)]
-        route(conns[query.noiser].recv(), plans)
-        everyone("handle", plans)
-        pending: list[list[bytes]] = [[] for _ in range(query.n)]
-        for out in everyone("start"):
-            route(out, pending)
-        while any(pending):
-            batch, pending = pending, [[] for _ in range(query.n)]
-            for out in everyone("handle", batch):
-                route(out, pending)
+        links[query.noiser].send("plan")
+        for data in links[query.noiser].recv():
+            route(data)
+        for link in links:
+            link.send("start")
+        by_conn = {link.conn: link for link in links}
+        while not counter.complete():
+            for conn in wait(list(by_conn)):
+                for data in by_conn[conn].recv():  # type: ignore[index]
+                    route(data)
         t_count = time.perf_counter()
         result = counter.result()
         count_s = time.perf_counter() - t_count
@@ -212,6 +259,8 @@ def run_tessera(
         cpu = [b - a for a, b in zip(cpu0, everyone("cpu"), strict=True)]
         everyone("stop")
     finally:
+        for link in links:
+            link.close()
         for p in procs:
             p.join(timeout=30)
             if p.is_alive():

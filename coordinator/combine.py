@@ -107,4 +107,21 @@ def combine(
         ),
         privacy_spent=Loss(loss_kind(template), spent),
         per_node=per_node,
+        notes=data_notes(template, answers) if released else (),
+    )
+
+
+def data_notes(template: Template, answers: Sequence[NodeAnswer]) -> tuple[str, ...]:
+    """The contributors' notes on their data. A combined-only template says how many
+    organisations gave a note, never which, so no single organisation's figure shows."""
+    noted = [(a.organisation, n) for a in answers for n in a.notes]
+    if template.access.per_node_breakdown:
+        return tuple(f"{org}: {n}" for org, n in noted)
+    if not noted:
+        return ()
+    orgs = len({org for org, _ in noted})
+    where = {n.rpartition(": ")[2] for _, n in noted}
+    return (
+        f"{orgs} of the {len(answers)} contributing organisations have children with "
+        f"records but no header row ({'; '.join(sorted(where))})",
     )

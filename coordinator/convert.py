@@ -145,6 +145,7 @@ def answer_from_proto(reply: node_pb2.ExecuteReply) -> NodeAnswer:
         cost=loss_from_proto(a.cost),
         charged=loss_from_proto(a.charged).value,
         from_cache=a.from_cache,
+        notes=tuple(a.notes),
         statement=reply.statement,
         statement_signature=reply.statement_signature,
         payload=reply.payload,
@@ -233,6 +234,7 @@ def result_to_proto(r: QueryResult) -> coordinator_pb2.QueryResult:
             )
             for p in r.parts
         ],
+        notes=list(r.notes),
         answered_request=None
         if r.answered_request is None
         else common_pb2.SignedRequest(
@@ -264,6 +266,7 @@ def result_from_proto(p: coordinator_pb2.QueryResult) -> QueryResult:
         answered_request=(p.answered_request.canonical, p.answered_request.signature)
         if p.HasField("answered_request")
         else None,
+        notes=tuple(p.notes),
     )
 
 

@@ -44,6 +44,7 @@ class NodeAnswer:
     statement: bytes = b""
     statement_signature: bytes = b""
     payload: bytes = b""
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,8 @@ class QueryResult:
     parts: tuple[SignedPart, ...] = ()
     # (body, signature) of the earlier request the parts answer, when re-released.
     answered_request: tuple[bytes, bytes] | None = None
+    # Contributing nodes' notes on their data, "<organisation>: <note>".
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,11 @@ def authorize(
     signed_approvals: list[approvals.Approval],
     signed: requests.SignedRequest,
     now: datetime,
+    *,
+    secure_aggregation: bool = False,
 ) -> Authorized:
+    """`secure_aggregation`: the call is a ProtocolRound session (tessera.node.secagg_node),
+    the only way a secure-aggregation request is answered."""
     try:
         request = requests.verify(signed)
     except requests.RequestError as e:
@@ -111,8 +115,26 @@ def authorize(
         )
     if request.mode is Mode.PER_NODE and not template.access.per_node_breakdown:
         raise Refusal("PERMISSION_DENIED", "the template does not permit per-node answers")
-    if request.mode is Mode.SECURE_AGGREGATION:
-        raise Refusal("UNIMPLEMENTED", "secure aggregation is not available in this version")
+    if request.mode is Mode.SECURE_AGGREGATION and not secure_aggregation:
+        raise Refusal(
+            "FAILED_PRECONDITION",
+            "a secure-aggregation request is answered through ProtocolRound, not Execute",
+        )
+    if secure_aggregation and request.mode is not Mode.SECURE_AGGREGATION:
+        raise Refusal("INVALID_ARGUMENT", "the analyst did not sign this request for secure_aggregation")
+    if request.mode is Mode.SECURE_AGGREGATION and not template.access.threshold:
+        raise Refusal(
+            "FAILED_PRECONDITION", "the template declares no secure-aggregation threshold"
+        )
+    if (
+        request.mode is Mode.COMBINED
+        and template.access.threshold
+        and not template.access.per_node_breakdown
+    ):
+        raise Refusal(
+            "FAILED_PRECONDITION",
+            "this combined-only template is answered only in secure_aggregation mode",
+        )
     try:
         params = templates.bind(template, request.params)
     except templates.ParamError as e:

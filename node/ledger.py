@@ -322,6 +322,31 @@ class Ledger:
         with self._lock:
             return self._check_replay(req)
 
+    def join_secagg_session(self, session_id: str) -> bool:
+        """Record, durably, that this node joined a secure-aggregation session; False if
+        it ever joined that id before (even before a restart): a session is joined once,
+        so no noisy vector is ever masked twice."""
+        with self._lock:
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS secagg_sessions "
+                "(session_id TEXT PRIMARY KEY, joined TEXT NOT NULL)"
+            )
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute(
+                    "INSERT INTO secagg_sessions VALUES (?, ?)",
+                    (session_id, isoformat(self._clock.now())),
+                )
+                self._conn.commit()
+            except sqlite3.IntegrityError:
+                self._conn.rollback()
+                return False
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.rollback()
+                raise
+        return True
+
     # -- the one write path for answers --------------------------------------------
 
     def commit(

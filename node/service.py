@@ -24,6 +24,7 @@ from tessera.node.catalog import DatasetCatalog
 from tessera.node.config import NodeConfig, Policy
 from tessera.node.ledger import Ledger, NewRelease, RequestRecord
 from tessera.templates import params as params_mod
+from tessera.templates.columns import columns_used, dimension_columns
 from tessera.templates.model import Template, measure_sensitivities
 
 log = logging.getLogger("tessera.node")
@@ -46,6 +47,9 @@ class Answer:
     statement: bytes = b""
     statement_signature: bytes = b""
     payload: bytes = b""
+    # What the analyst must know about the data under the answer (children without a
+    # header row, say); part of the signed payload.
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -275,6 +279,7 @@ class NodeService:
             statement=signed_statement.statement,
             statement_signature=signed_statement.signature,
             payload=committed.payload,
+            notes=tuple(str(n) for n in stored.get("notes", ())),
         )
 
     def _compute(
@@ -305,6 +310,7 @@ class NodeService:
                 # itself is withheld (combined-only): the salt keeps the figures from being
                 # found by hashing guesses.
                 "salt": secrets.token_hex(16),
+                "notes": _data_notes(t, version),
                 "kind": cost.kind,
                 "cost": cost.value,
                 "measures": [
@@ -400,3 +406,30 @@ class NodeService:
             self.ledger.audit(body)
         except Exception as e:  # never let auditing a refusal hide the refusal
             log.error("could not audit a refusal (%s)", type(e).__name__)
+
+
+def _data_notes(t: Template, version: Any) -> list[str]:
+    """Children whose episodes (or referrals, plans) have no header row keep counting,
+    but a template that reads a header field (DOB, SEX) cannot place them: say how many,
+    rounded to 5, so an analyst knows what the figures leave out."""
+    ds = schemas.dataset(t.dataset)
+    table = ds.table(t.source) if ds is not None else None
+    if ds is None or table is None:
+        return []
+    own = {c.name for c in table.columns}
+    header_fields = sorted(columns_used(t) - own)
+    missing = dict(getattr(version, "children_without_header", ())).get(t.source, 0)
+    if not header_fields or missing <= 0:
+        return []
+    about = "fewer than 5" if missing < 5 else f"about {5 * round(missing / 5)}"
+    unknown = [
+        label
+        for d in t.group_by
+        if (label := getattr(d, "unknown", None)) is not None
+        and dimension_columns(d) & set(header_fields)
+    ]
+    where = f"they are counted under {unknown[0]!r}" if unknown else "they are left out"
+    return [
+        f"{about} children have {t.source} but no header row, so no "
+        f"{'/'.join(header_fields)}: {where}"
+    ]

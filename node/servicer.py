@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 
 from tessera import approvals, requests, startup
+from tessera.node.secagg_node import SecAggNode
 from tessera.node.service import Answer, DatasetStatus, NodeService
 from tessera.serving import guarded
 from tessera.tls import peer_identity
@@ -81,6 +82,7 @@ def answer_to_proto(a: Answer) -> node_pb2.ExecuteReply:
         measures=measures,
         cells=cells,
         cost=_loss(a.cost.kind, a.cost.value),
+        notes=list(a.notes),
         charged=_loss(a.cost.kind, a.charged),
         from_cache=a.from_cache,
     )
@@ -98,6 +100,7 @@ def answer_to_proto(a: Answer) -> node_pb2.ExecuteReply:
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     def __init__(self, service: NodeService) -> None:
         self.service = service
+        self.secagg = SecAggNode(service)
 
     def Describe(self, request: Any, context: Any) -> node_pb2.DescribeReply:
         datasets = guarded(
@@ -138,9 +141,29 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         return answer_to_proto(answer)
 
     def ProtocolRound(self, request: Any, context: Any) -> node_pb2.ProtocolRoundReply:
-        guarded(context, lambda: self.service.check_peer(peer_identity(context), "ProtocolRound"))
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "protocol rounds are not available yet")
-        raise AssertionError("unreachable")
+        """Secure aggregation (tessera.node.secagg_node): one stage message of a session."""
+        signed = None
+        if request.HasField("request"):
+            signed = requests.SignedRequest(request.request.canonical, request.request.signature)
+        approval_list = [
+            approvals.Approval(a.approver_key, a.signature) for a in request.template.approvals
+        ]
+        reply = guarded(
+            context,
+            lambda: self.secagg.round(
+                peer_identity(context),
+                request.session_id,
+                request.payload,
+                request.template.canonical,
+                approval_list,
+                signed,
+            ),
+        )
+        return node_pb2.ProtocolRoundReply(
+            payload=reply.payload,
+            statement=reply.statement,
+            statement_signature=reply.statement_signature,
+        )
 
     def ExportAudit(self, request: Any, context: Any) -> node_pb2.ExportAuditReply:
         guarded(context, lambda: self.service.check_peer(peer_identity(context), "ExportAudit"))

@@ -119,6 +119,9 @@ class QueryResult:
     # (body, signature) of the earlier request for the same question whose result this
     # is again, when the coordinator re-released it: the parts answer that request.
     answered_request: tuple[bytes, bytes] | None = None
+    # What the contributing nodes say about the data under the figures (children with
+    # records but no header row, say), in plain words.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def nodes_answered(self) -> list[str]:
@@ -199,6 +202,7 @@ class QueryResult:
             "nodes_missing": list(self.nodes_missing),
             "privacy_spent": dict(self.privacy_spent),
             "cells": cells(self.cells),
+            "notes": list(self.notes),
         }
         if self.per_node is not None:
             out["per_node"] = [
@@ -327,6 +331,7 @@ def query_result(r: pb.QueryResult) -> QueryResult:
         answered_request=(r.answered_request.canonical, r.answered_request.signature)
         if r.HasField("answered_request")
         else None,
+        notes=list(r.notes),
     )
 
 

@@ -131,6 +131,7 @@ def provenance(result: Any) -> dict[str, Any]:
         "verification": status,
         "verification_detail": detail,
         "node_verification": node_parts(result),
+        "data_notes": list(getattr(result, "notes", None) or []),
     }
 
 

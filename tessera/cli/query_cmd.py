@@ -448,6 +448,8 @@ def _report(
         for org, cells in sorted((r.per_node or {}).items()):
             _print_cells(con, f"{org} alone", r.dimensions, cells)
         con.print(f"nodes contributing: {escape(', '.join(r.nodes_answered))}")
+        for note in r.notes:
+            con.print(f"[yellow]note[/yellow]: {escape(note)}")
     else:
         con.print(f"[red]withheld[/red]: {escape(r.withheld_reason)}")
     for org, why in r.nodes_missing.items():

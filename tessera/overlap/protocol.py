@@ -40,7 +40,7 @@ from __future__ import annotations
 import enum
 import random
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -52,6 +52,7 @@ COUNTER = 0xFFFF
 MIN_BUCKET = 64
 MAX_PARTIES = 4
 SEED_BYTES = 32
+CHUNK = 1 << 15  # elements per message: 1 MiB of points
 _shuffle = random.SystemRandom().shuffle
 
 
@@ -80,6 +81,7 @@ class OverlapQuery:
     epsilon: float | None = None
     min_count: int = 0
     noise_party: int | None = None
+    chunk_size: int = CHUNK
 
     def __post_init__(self) -> None:
         n = len(self.parties)
@@ -104,6 +106,8 @@ class OverlapQuery:
                 raise ValueError("'a not b' is counted by the categories of dataset a")
         if self.epsilon is not None and not self.epsilon > 0:
             raise ValueError("epsilon must be positive")
+        if self.chunk_size < 1:
+            raise ValueError("the chunk size must be positive")
         if self.min_count < 0:
             raise ValueError("the minimum reportable count cannot be negative")
 
@@ -254,6 +258,8 @@ class Party:
         self._seeds: list[list[bytes]] | None = None
         self._pads: list[int] = [0] * subsets
         self._started = False
+        self._gather: dict[tuple[int, int], dict[int, list[bytes]]] = {}
+        self._gather_total: dict[tuple[int, int], int] = {}
 
     # -- step 1 --------------------------------------------------------------------
 
@@ -354,8 +360,13 @@ class Party:
     # -- step 3 --------------------------------------------------------------------
 
     def start(self) -> list[bytes]:
-        """This party's own sub-sets, blinded with its key, padded and shuffled; then
-        its sealed pad report for the counter (last)."""
+        """Everything `stream` yields, at once."""
+        return list(self.stream())
+
+    def stream(self) -> Iterator[bytes]:
+        """This party's own sub-sets, blinded with its key, padded and shuffled, one
+        chunk at a time (so the next party can start on a chunk while this one works
+        on the next); then its sealed pad report for the counter."""
         q = self.query
         if self._started:
             raise OverlapError("this party has already sent its sets")
@@ -366,27 +377,19 @@ class Party:
                 raise OverlapError("the dummy plan has not arrived")
             self._seeds = [[] for _ in range(q.subsets(self.index))]
         self._started = True
-        out = []
         for s, ids in enumerate(self._ids):
-            points = group.hash_ids(q.query_id, ids) + group.hash_dummies(
-                q.query_id, self._seeds[s]
-            )
-            blinded = group.blind(self._key, points)
-            self._pads[s] = bucket(len(blinded)) - len(blinded)
-            blinded += [group.random_point() for _ in range(self._pads[s])]
-            _shuffle(blinded)
-            out.append(
-                _wrap(
-                    pb.OverlapBlindedSet(
-                        query_id=q.query_id,
-                        step=pb.OVERLAP_STEP_BLIND,
-                        owner=self.index,
-                        subset=s,
-                        hops=1,
-                        points=group.pack(blinded),
-                    )
-                )
-            )
+            # Shuffle the inputs (ids, dummies and padding) before blinding: the same as
+            # shuffling the output, and it lets the set leave in chunks.
+            real = len(ids) + len(self._seeds[s])
+            self._pads[s] = bucket(real) - real
+            items: list[tuple[int, str | bytes | None]] = [(0, x) for x in ids]
+            items += [(1, seed) for seed in self._seeds[s]]
+            items += [(2, None)] * self._pads[s]
+            _shuffle(items)
+            chunks = max(1, -(-len(items) // q.chunk_size))
+            for c in range(chunks):
+                part = items[c * q.chunk_size : (c + 1) * q.chunk_size]
+                yield self._set_message(self.index, s, 1, c, chunks, self._own(part))
         self._ids = []  # the identifiers are not needed again
         if self._noise is not None and q.epsilon is not None:
             not_linkable = self._noise.counts(q.epsilon, self._not_linkable)
@@ -395,10 +398,36 @@ class Party:
         report = pb.OverlapPadReport(
             query_id=q.query_id, party=self.index, pads=self._pads, not_linkable=not_linkable
         )
-        out.append(self._seal_to(COUNTER, pb.OVERLAP_STEP_PAD_REPORT, report.SerializeToString()))
-        return out
+        yield self._seal_to(COUNTER, pb.OVERLAP_STEP_PAD_REPORT, report.SerializeToString())
 
-    def _on_blinded(self, b: pb.OverlapBlindedSet) -> bytes:
+    def _own(self, part: list[tuple[int, str | bytes | None]]) -> list[bytes]:
+        qid = self.query.query_id
+        ids = [x for kind, x in part if kind == 0]
+        seeds = [x for kind, x in part if kind == 1]
+        hashed = iter(group.hash_ids(qid, ids))  # type: ignore[arg-type]
+        dummies = iter(group.hash_dummies(qid, seeds))  # type: ignore[arg-type]
+        points = [next(hashed) if k == 0 else next(dummies) for k, _ in part if k != 2]
+        blinded = iter(group.blind(self._key, points))
+        # Padding is a random element: it need not be blinded to look like the rest.
+        return [next(blinded) if k != 2 else group.random_point() for k, _ in part]
+
+    def _set_message(
+        self, owner: int, subset: int, hops: int, chunk: int, chunks: int, points: list[bytes]
+    ) -> bytes:
+        return _wrap(
+            pb.OverlapBlindedSet(
+                query_id=self.query.query_id,
+                step=pb.OVERLAP_STEP_BLIND,
+                owner=owner,
+                subset=subset,
+                hops=hops,
+                chunk=chunk,
+                chunks=chunks,
+                points=group.pack(points),
+            )
+        )
+
+    def _on_blinded(self, b: pb.OverlapBlindedSet) -> list[bytes]:
         q = self.query
         self._check(b.query_id, b.step, pb.OVERLAP_STEP_BLIND)
         if not 0 <= b.owner < q.n or b.owner == self.index:
@@ -407,18 +436,31 @@ class Party:
             raise OverlapError("a set that is not due at this party at this hop")
         if not 0 <= b.subset < q.subsets(b.owner):
             raise OverlapError("a sub-set index out of range")
+        if not 0 <= b.chunk < b.chunks:
+            raise OverlapError("a chunk index out of range")
         points = group.blind(self._key, group.unpack(b.points))
-        _shuffle(points)
-        return _wrap(
-            pb.OverlapBlindedSet(
-                query_id=q.query_id,
-                step=pb.OVERLAP_STEP_BLIND,
-                owner=b.owner,
-                subset=b.subset,
-                hops=b.hops + 1,
-                points=group.pack(points),
-            )
-        )
+        if b.hops + 1 < q.n:  # not the last key: shuffle the chunk and pass it on
+            _shuffle(points)
+            return [self._set_message(b.owner, b.subset, b.hops + 1, b.chunk, b.chunks, points)]
+        # The last key: gather the whole set, shuffle it all, then send it to the counter,
+        # so no chunk of the final set can be traced to a chunk of an earlier step.
+        key = (b.owner, b.subset)
+        got = self._gather.setdefault(key, {})
+        total = self._gather_total.setdefault(key, b.chunks)
+        if b.chunks != total or b.chunk in got:
+            raise OverlapError("a chunk that does not fit the set it claims to belong to")
+        got[b.chunk] = points
+        if len(got) < total:
+            return []
+        whole = [p for c in range(total) for p in got.pop(c)]
+        del self._gather[key]
+        _shuffle(whole)
+        size = q.chunk_size
+        chunks = max(1, -(-len(whole) // size))
+        return [
+            self._set_message(b.owner, b.subset, q.n, c, chunks, whole[c * size : (c + 1) * size])
+            for c in range(chunks)
+        ]
 
     # -- dispatch ------------------------------------------------------------------
 
@@ -434,7 +476,7 @@ class Party:
             self._on_plan(m.sealed)
             return []
         if which == "blinded":
-            return [self._on_blinded(m.blinded)]
+            return self._on_blinded(m.blinded)
         raise OverlapError("an empty overlap message")
 
 
@@ -463,6 +505,8 @@ class Counter:
         self.query = query
         self._seal = seal.new_key()
         self._finals: dict[tuple[int, int], list[bytes]] = {}
+        self._chunks: dict[tuple[int, int], dict[int, list[bytes]]] = {}
+        self._totals: dict[tuple[int, int], int] = {}
         self._reports: dict[int, pb.OverlapPadReport] = {}
         self._info: pb.OverlapNoiseInfo | None = None
 
@@ -488,9 +532,17 @@ class Counter:
                 raise OverlapError("a set for another query or step")
             if b.hops != q.n or not 0 <= b.owner < q.n or not 0 <= b.subset < q.subsets(b.owner):
                 raise OverlapError("a set that has not been through every party's key")
-            if (b.owner, b.subset) in self._finals:
-                raise OverlapError("a second copy of the same final set")
-            self._finals[(b.owner, b.subset)] = group.unpack(b.points)
+            key = (b.owner, b.subset)
+            if key in self._finals:
+                raise OverlapError("a chunk of a set that is already complete")
+            got = self._chunks.setdefault(key, {})
+            total = self._totals.setdefault(key, b.chunks)
+            if b.chunks != total or not 0 <= b.chunk < total or b.chunk in got:
+                raise OverlapError("a chunk that does not fit the set it claims to belong to")
+            got[b.chunk] = group.unpack(b.points)
+            if len(got) == total:
+                self._finals[key] = [p for c in range(total) for p in got[c]]
+                del self._chunks[key]
             return
         if which != "sealed":
             raise OverlapError("an empty overlap message")

@@ -221,6 +221,11 @@ def query_report(
         + "</p>"
     )
 
+    notes = list(getattr(result, "notes", None) or [])
+    if notes:
+        parts.append("<h2>About the data</h2>")
+        parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
+
     # Verification and privacy.
     parts.append("<h2>Verification</h2>")
     parts.append(_verification(result))

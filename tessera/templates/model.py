@@ -258,6 +258,9 @@ class Access:
     # the approvers declare it: then every answer has one set of contributors, and no
     # node's figure can be isolated by differencing audiences. Empty: any audience.
     participants: tuple[str, ...] = ()
+    # Secure aggregation's Shamir threshold t (docs/secure-aggregation.md): the fewest
+    # contributors whose sum may be released. 0: not declared (no secure aggregation).
+    threshold: int = 0
 
 
 @dataclass(frozen=True)

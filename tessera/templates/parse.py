@@ -506,9 +506,14 @@ def _access(f: Fields) -> Access:
         participants=tuple(sorted(f.labels("participants", max_items=1000)))
         if f.has("participants")
         else (),
+        threshold=f.integer("threshold", lo=2, hi=1000) if f.has("threshold") else 0,
     )
     if access.participants and len(access.participants) < access.quorum:
         raise TemplateError(f.at("participants"), "lists fewer organisations than the quorum")
+    if access.threshold and access.threshold < access.quorum:
+        raise TemplateError(f.at("threshold"), "is less than the quorum")
+    if access.threshold and access.participants and 2 * access.threshold <= len(access.participants):
+        raise TemplateError(f.at("threshold"), "must be more than half of the participants")
     f.done()
     return access
 
@@ -659,5 +664,6 @@ def to_dict(t: Template) -> dict[str, Any]:
             "per_node_breakdown": t.access.per_node_breakdown,
             # Only when declared, so templates without it keep their digests.
             **({"participants": list(t.access.participants)} if t.access.participants else {}),
+            **({"threshold": t.access.threshold} if t.access.threshold else {}),
         },
     }

@@ -81,6 +81,7 @@ def test_approvers_publish_and_the_analyst_runs_combined_and_per_node(
         "nodes_missing",
         "privacy_spent",
         "cells",
+        "notes",
     }
     assert shape["template"] == T1 and shape["mode"] == "combined"
     assert shape["cells"][0]["ci95"] == list(result.cells[0].ci95)

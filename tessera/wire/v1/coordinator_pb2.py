@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tessera.wire.v1 import common_pb2 as tessera_dot_wire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tessera/wire/v1/coordinator.proto\x12\x0ftessera.wire.v1\x1a\x1ctessera/wire/v1/common.proto\"\xd6\x01\n\x0eTemplateRecord\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\r\n\x05title\x18\x04 \x01(\t\x12\x31\n\x08template\x18\x05 \x01(\x0b\x32\x1f.tessera.wire.v1.SignedTemplate\x12\r\n\x05state\x18\x06 \x01(\t\x12\x1a\n\x12\x61pprovals_required\x18\x07 \x01(\r\x12\x14\n\x0csubmitted_by\x18\x08 \x01(\t\x12\x14\n\x0csubmitted_at\x18\t \x01(\t\"*\n\x15SubmitTemplateRequest\x12\x11\n\tcanonical\x18\x01 \x01(\x0c\"%\n\x14ListTemplatesRequest\x12\r\n\x05state\x18\x01 \x01(\t\"H\n\x12ListTemplatesReply\x12\x32\n\ttemplates\x18\x01 \x03(\x0b\x32\x1f.tessera.wire.v1.TemplateRecord\"*\n\x12GetTemplateRequest\x12\x14\n\x0c\x64igest_or_id\x18\x01 \x01(\t\"Q\n\x12\x41\x64\x64\x41pprovalRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12+\n\x08\x61pproval\x18\x02 \x01(\x0b\x32\x19.tessera.wire.v1.Approval\"E\n\x12SubmitQueryRequest\x12/\n\x07request\x18\x01 \x01(\x0b\x32\x1e.tessera.wire.v1.SignedRequest\"m\n\x0bNodeOutcome\x12\x14\n\x0corganisation\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x13\n\x0b\x63ontributed\x18\x04 \x01(\x08\x12\x12\n\nlatency_ms\x18\x05 \x01(\x01\"O\n\tNodeCells\x12\x14\n\x0corganisation\x18\x01 \x01(\t\x12,\n\x05\x63\x65lls\x18\x02 \x03(\x0b\x32\x1d.tessera.wire.v1.ReleasedCell\"\x84\x04\n\x0bQueryResult\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x17\n\x0ftemplate_digest\x18\x02 \x01(\t\x12\x13\n\x0btemplate_id\x18\x03 \x01(\t\x12#\n\x04mode\x18\x04 \x01(\x0e\x32\x15.tessera.wire.v1.Mode\x12\x10\n\x08released\x18\x05 \x01(\x08\x12\x17\n\x0fwithheld_reason\x18\x06 \x01(\t\x12.\n\ndimensions\x18\x07 \x03(\x0b\x32\x1a.tessera.wire.v1.Dimension\x12,\n\x05\x63\x65lls\x18\x08 \x03(\x0b\x32\x1d.tessera.wire.v1.ReleasedCell\x12+\n\x05nodes\x18\t \x03(\x0b\x32\x1c.tessera.wire.v1.NodeOutcome\x12\x33\n\rprivacy_spent\x18\n \x01(\x0b\x32\x1c.tessera.wire.v1.PrivacyLoss\x12,\n\x08per_node\x18\x0b \x03(\x0b\x32\x1a.tessera.wire.v1.NodeCells\x12\x11\n\tstatistic\x18\x0c \x01(\t\x12*\n\x05parts\x18\x15 \x03(\x0b\x32\x1b.tessera.wire.v1.SignedPart\x12\x38\n\x10\x61nswered_request\x18\x16 \x01(\x0b\x32\x1e.tessera.wire.v1.SignedRequest\"Y\n\nSignedPart\x12\x14\n\x0corganisation\x18\x01 \x01(\t\x12\x11\n\tstatement\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"\x88\x01\n\nQueryEvent\x12,\n\x04node\x18\x01 \x01(\x0b\x32\x1c.tessera.wire.v1.NodeOutcomeH\x00\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1c.tessera.wire.v1.QueryResultH\x00\x12\x13\n\x0bnodes_total\x18\x03 \x01(\rB\x07\n\x05\x65vent\"\xb4\x01\n\x0bQueryRecord\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61nalyst\x18\x02 \x01(\t\x12\x14\n\x0csubmitted_at\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12,\n\x06result\x18\x05 \x01(\x0b\x32\x1c.tessera.wire.v1.QueryResult\x12/\n\x07request\x18\x0b \x01(\x0b\x32\x1e.tessera.wire.v1.SignedRequest\"#\n\x0fGetQueryRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\"#\n\x12ListQueriesRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"A\n\x10ListQueriesReply\x12-\n\x07queries\x18\x01 \x03(\x0b\x32\x1c.tessera.wire.v1.QueryRecord\"\x12\n\x10ListNodesRequest\"v\n\tNodeEntry\x12\x14\n\x0corganisation\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x04 \x03(\t\x12\x0e\n\x06health\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\";\n\x0eListNodesReply\x12)\n\x05nodes\x18\x01 \x03(\x0b\x32\x1a.tessera.wire.v1.NodeEntry\"\x13\n\x11GetBudgetsRequest\"b\n\nNodeBudget\x12\x14\n\x0corganisation\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12.\n\x08\x64\x61tasets\x18\x03 \x03(\x0b\x32\x1c.tessera.wire.v1.DatasetInfo\"=\n\x0fGetBudgetsReply\x12*\n\x05nodes\x18\x01 \x03(\x0b\x32\x1b.tessera.wire.v1.NodeBudget2\x8e\x06\n\x12\x43oordinatorService\x12Y\n\x0eSubmitTemplate\x12&.tessera.wire.v1.SubmitTemplateRequest\x1a\x1f.tessera.wire.v1.TemplateRecord\x12[\n\rListTemplates\x12%.tessera.wire.v1.ListTemplatesRequest\x1a#.tessera.wire.v1.ListTemplatesReply\x12S\n\x0bGetTemplate\x12#.tessera.wire.v1.GetTemplateRequest\x1a\x1f.tessera.wire.v1.TemplateRecord\x12S\n\x0b\x41\x64\x64\x41pproval\x12#.tessera.wire.v1.AddApprovalRequest\x1a\x1f.tessera.wire.v1.TemplateRecord\x12N\n\x08RunQuery\x12#.tessera.wire.v1.SubmitQueryRequest\x1a\x1b.tessera.wire.v1.QueryEvent0\x01\x12J\n\x08GetQuery\x12 .tessera.wire.v1.GetQueryRequest\x1a\x1c.tessera.wire.v1.QueryRecord\x12U\n\x0bListQueries\x12#.tessera.wire.v1.ListQueriesRequest\x1a!.tessera.wire.v1.ListQueriesReply\x12O\n\tListNodes\x12!.tessera.wire.v1.ListNodesRequest\x1a\x1f.tessera.wire.v1.ListNodesReply\x12R\n\nGetBudgets\x12\".tessera.wire.v1.GetBudgetsRequest\x1a .tessera.wire.v1.GetBudgetsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tessera/wire/v1/coordinator.proto\x12\x0ftessera.wire.v1\x1a\x1ctessera/wire/v1/common.proto\"\xd6\x01\n\x0eTemplateRecord\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\r\n\x05title\x18\x04 \x01(\t\x12\x31\n\x08template\x18\x05 \x01(\x0b\x32\x1f.tessera.wire.v1.SignedTemplate\x12\r\n\x05state\x18\x06 \x01(\t\x12\x1a\n\x12\x61pprovals_required\x18\x07 \x01(\r\x12\x14\n\x0csubmitted_by\x18\x08 \x01(\t\x12\x14\n\x0csubmitted_at\x18\t \x01(\t\"*\n\x15SubmitTemplateRequest\x12\x11\n\tcanonical\x18\x01 \x01(\x0c\"%\n\x14ListTemplatesRequest\x12\r\n\x05state\x18\x01 \x01(\t\"H\n\x12ListTemplatesReply\x12\x32\n\ttemplates\x18\x01 \x03(\x0b\x32\x1f.tessera.wire.v1.TemplateRecord\"*\n\x12GetTemplateRequest\x12\x14\n\x0c\x64igest_or_id\x18\x01 \x01(\t\"Q\n\x12\x41\x64\x64\x41pprovalRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12+\n\x08\x61pproval\x18\x02 \x01(\x0b\x32\x19.tessera.wire.v1.Approval\"E\n\x12SubmitQueryRequest\x12/\n\x07request\x18\x01 \x01(\x0b\x32\x1e.tessera.wire.v1.SignedRequest\"m\n\x0bNodeOutcome\x12\x14\n\x0corganisation\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x13\n\x0b\x63ontributed\x18\x04 \x01(\x08\x12\x12\n\nlatency_ms\x18\x05 \x01(\x01\"O\n\tNodeCells\x12\x14\n\x0corganisation\x18\x01 \x01(\t\x12,\n\x05\x63\x65lls\x18\x02 \x03(\x0b\x32\x1d.tessera.wire.v1.ReleasedCell\"\x93\x04\n\x0bQueryResult\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x17\n\x0ftemplate_digest\x18\x02 \x01(\t\x12\x13\n\x0btemplate_id\x18\x03 \x01(\t\x12#\n\x04mode\x18\x04 \x01(\x0e\x32\x15.tessera.wire.v1.Mode\x12\x10\n\x08released\x18\x05 \x01(\x08\x12\x17\n\x0fwithheld_reason\x18\x06 \x01(\t\x12.\n\ndimensions\x18\x07 \x03(\x0b\x32\x1a.tessera.wire.v1.Dimension\x12,\n\x05\x63\x65lls\x18\x08 \x03(\x0b\x32\x1d.tessera.wire.v1.ReleasedCell\x12+\n\x05nodes\x18\t \x03(\x0b\x32\x1c.tessera.wire.v1.NodeOutcome\x12\x33\n\rprivacy_spent\x18\n \x01(\x0b\x32\x1c.tessera.wire.v1.PrivacyLoss\x12,\n\x08per_node\x18\x0b \x03(\x0b\x32\x1a.tessera.wire.v1.NodeCells\x12\x11\n\tstatistic\x18\x0c \x01(\t\x12*\n\x05parts\x18\x15 \x03(\x0b\x32\x1b.tessera.wire.v1.SignedPart\x12\x38\n\x10\x61nswered_request\x18\x16 \x01(\x0b\x32\x1e.tessera.wire.v1.SignedRequest\x12\r\n\x05notes\x18( \x03(\t\"Y\n\nSignedPart\x12\x14\n\x0corganisation\x18\x01 \x01(\t\x12\x11\n\tstatement\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"\x88\x01\n\nQueryEvent\x12,\n\x04node\x18\x01 \x01(\x0b\x32\x1c.tessera.wire.v1.NodeOutcomeH\x00\x12.\n\x06result\x18\x02 \x01(\x0b\x32\x1c.tessera.wire.v1.QueryResultH\x00\x12\x13\n\x0bnodes_total\x18\x03 \x01(\rB\x07\n\x05\x65vent\"\xb4\x01\n\x0bQueryRecord\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61nalyst\x18\x02 \x01(\t\x12\x14\n\x0csubmitted_at\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12,\n\x06result\x18\x05 \x01(\x0b\x32\x1c.tessera.wire.v1.QueryResult\x12/\n\x07request\x18\x0b \x01(\x0b\x32\x1e.tessera.wire.v1.SignedRequest\"#\n\x0fGetQueryRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\"#\n\x12ListQueriesRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"A\n\x10ListQueriesReply\x12-\n\x07queries\x18\x01 \x03(\x0b\x32\x1c.tessera.wire.v1.QueryRecord\"\x12\n\x10ListNodesRequest\"v\n\tNodeEntry\x12\x14\n\x0corganisation\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x04 \x03(\t\x12\x0e\n\x06health\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\";\n\x0eListNodesReply\x12)\n\x05nodes\x18\x01 \x03(\x0b\x32\x1a.tessera.wire.v1.NodeEntry\"\x13\n\x11GetBudgetsRequest\"b\n\nNodeBudget\x12\x14\n\x0corganisation\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12.\n\x08\x64\x61tasets\x18\x03 \x03(\x0b\x32\x1c.tessera.wire.v1.DatasetInfo\"=\n\x0fGetBudgetsReply\x12*\n\x05nodes\x18\x01 \x03(\x0b\x32\x1b.tessera.wire.v1.NodeBudget2\x8e\x06\n\x12\x43oordinatorService\x12Y\n\x0eSubmitTemplate\x12&.tessera.wire.v1.SubmitTemplateRequest\x1a\x1f.tessera.wire.v1.TemplateRecord\x12[\n\rListTemplates\x12%.tessera.wire.v1.ListTemplatesRequest\x1a#.tessera.wire.v1.ListTemplatesReply\x12S\n\x0bGetTemplate\x12#.tessera.wire.v1.GetTemplateRequest\x1a\x1f.tessera.wire.v1.TemplateRecord\x12S\n\x0b\x41\x64\x64\x41pproval\x12#.tessera.wire.v1.AddApprovalRequest\x1a\x1f.tessera.wire.v1.TemplateRecord\x12N\n\x08RunQuery\x12#.tessera.wire.v1.SubmitQueryRequest\x1a\x1b.tessera.wire.v1.QueryEvent0\x01\x12J\n\x08GetQuery\x12 .tessera.wire.v1.GetQueryRequest\x1a\x1c.tessera.wire.v1.QueryRecord\x12U\n\x0bListQueries\x12#.tessera.wire.v1.ListQueriesRequest\x1a!.tessera.wire.v1.ListQueriesReply\x12O\n\tListNodes\x12!.tessera.wire.v1.ListNodesRequest\x1a\x1f.tessera.wire.v1.ListNodesReply\x12R\n\nGetBudgets\x12\".tessera.wire.v1.GetBudgetsRequest\x1a .tessera.wire.v1.GetBudgetsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,31 +51,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODECELLS']._serialized_start=767
   _globals['_NODECELLS']._serialized_end=846
   _globals['_QUERYRESULT']._serialized_start=849
-  _globals['_QUERYRESULT']._serialized_end=1365
-  _globals['_SIGNEDPART']._serialized_start=1367
-  _globals['_SIGNEDPART']._serialized_end=1456
-  _globals['_QUERYEVENT']._serialized_start=1459
-  _globals['_QUERYEVENT']._serialized_end=1595
-  _globals['_QUERYRECORD']._serialized_start=1598
-  _globals['_QUERYRECORD']._serialized_end=1778
-  _globals['_GETQUERYREQUEST']._serialized_start=1780
-  _globals['_GETQUERYREQUEST']._serialized_end=1815
-  _globals['_LISTQUERIESREQUEST']._serialized_start=1817
-  _globals['_LISTQUERIESREQUEST']._serialized_end=1852
-  _globals['_LISTQUERIESREPLY']._serialized_start=1854
-  _globals['_LISTQUERIESREPLY']._serialized_end=1919
-  _globals['_LISTNODESREQUEST']._serialized_start=1921
-  _globals['_LISTNODESREQUEST']._serialized_end=1939
-  _globals['_NODEENTRY']._serialized_start=1941
-  _globals['_NODEENTRY']._serialized_end=2059
-  _globals['_LISTNODESREPLY']._serialized_start=2061
-  _globals['_LISTNODESREPLY']._serialized_end=2120
-  _globals['_GETBUDGETSREQUEST']._serialized_start=2122
-  _globals['_GETBUDGETSREQUEST']._serialized_end=2141
-  _globals['_NODEBUDGET']._serialized_start=2143
-  _globals['_NODEBUDGET']._serialized_end=2241
-  _globals['_GETBUDGETSREPLY']._serialized_start=2243
-  _globals['_GETBUDGETSREPLY']._serialized_end=2304
-  _globals['_COORDINATORSERVICE']._serialized_start=2307
-  _globals['_COORDINATORSERVICE']._serialized_end=3089
+  _globals['_QUERYRESULT']._serialized_end=1380
+  _globals['_SIGNEDPART']._serialized_start=1382
+  _globals['_SIGNEDPART']._serialized_end=1471
+  _globals['_QUERYEVENT']._serialized_start=1474
+  _globals['_QUERYEVENT']._serialized_end=1610
+  _globals['_QUERYRECORD']._serialized_start=1613
+  _globals['_QUERYRECORD']._serialized_end=1793
+  _globals['_GETQUERYREQUEST']._serialized_start=1795
+  _globals['_GETQUERYREQUEST']._serialized_end=1830
+  _globals['_LISTQUERIESREQUEST']._serialized_start=1832
+  _globals['_LISTQUERIESREQUEST']._serialized_end=1867
+  _globals['_LISTQUERIESREPLY']._serialized_start=1869
+  _globals['_LISTQUERIESREPLY']._serialized_end=1934
+  _globals['_LISTNODESREQUEST']._serialized_start=1936
+  _globals['_LISTNODESREQUEST']._serialized_end=1954
+  _globals['_NODEENTRY']._serialized_start=1956
+  _globals['_NODEENTRY']._serialized_end=2074
+  _globals['_LISTNODESREPLY']._serialized_start=2076
+  _globals['_LISTNODESREPLY']._serialized_end=2135
+  _globals['_GETBUDGETSREQUEST']._serialized_start=2137
+  _globals['_GETBUDGETSREQUEST']._serialized_end=2156
+  _globals['_NODEBUDGET']._serialized_start=2158
+  _globals['_NODEBUDGET']._serialized_end=2256
+  _globals['_GETBUDGETSREPLY']._serialized_start=2258
+  _globals['_GETBUDGETSREPLY']._serialized_end=2319
+  _globals['_COORDINATORSERVICE']._serialized_start=2322
+  _globals['_COORDINATORSERVICE']._serialized_end=3104
 # @@protoc_insertion_point(module_scope)

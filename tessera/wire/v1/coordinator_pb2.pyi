@@ -259,6 +259,7 @@ class QueryResult(_message.Message):
     STATISTIC_FIELD_NUMBER: _builtins.int
     PARTS_FIELD_NUMBER: _builtins.int
     ANSWERED_REQUEST_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
     query_id: _builtins.str
     template_digest: _builtins.str
     template_id: _builtins.str
@@ -292,6 +293,12 @@ class QueryResult(_message.Message):
         request, so the analyst can check the statements answer it.
         """
 
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Each contributing node's notes on its data ("Leeds: about 10 children have ..."),
+        copied from its signed answer.
+        """
+
     def __init__(
         self,
         *,
@@ -309,10 +316,11 @@ class QueryResult(_message.Message):
         statistic: _builtins.str = ...,
         parts: _abc.Iterable[Global___SignedPart] | None = ...,
         answered_request: _common_pb2.SignedRequest | None = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["answered_request", b"answered_request", "privacy_spent", b"privacy_spent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_request", b"answered_request", "cells", b"cells", "dimensions", b"dimensions", "mode", b"mode", "nodes", b"nodes", "parts", b"parts", "per_node", b"per_node", "privacy_spent", b"privacy_spent", "query_id", b"query_id", "released", b"released", "statistic", b"statistic", "template_digest", b"template_digest", "template_id", b"template_id", "withheld_reason", b"withheld_reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_request", b"answered_request", "cells", b"cells", "dimensions", b"dimensions", "mode", b"mode", "nodes", b"nodes", "notes", b"notes", "parts", b"parts", "per_node", b"per_node", "privacy_spent", b"privacy_spent", "query_id", b"query_id", "released", b"released", "statistic", b"statistic", "template_digest", b"template_digest", "template_id", b"template_id", "withheld_reason", b"withheld_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

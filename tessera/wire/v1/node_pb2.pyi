@@ -119,6 +119,7 @@ class Answer(_message.Message):
     CHARGED_FIELD_NUMBER: _builtins.int
     FROM_CACHE_FIELD_NUMBER: _builtins.int
     MASKED_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
     template_digest: _builtins.str
     dataset: _builtins.str
     dataset_version: _builtins.int
@@ -142,6 +143,13 @@ class Answer(_message.Message):
     def masked(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.MaskedVector]:
         """Reserved for secure aggregation."""
 
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the analyst must know about the data under the answer, in plain words (for
+        example how many children have episodes but no header row, rounded). Also in the
+        signed payload.
+        """
+
     def __init__(
         self,
         *,
@@ -156,10 +164,11 @@ class Answer(_message.Message):
         charged: _common_pb2.PrivacyLoss | None = ...,
         from_cache: _builtins.bool = ...,
         masked: _abc.Iterable[_common_pb2.MaskedVector] | None = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["charged", b"charged", "cost", b"cost"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "charged", b"charged", "cost", b"cost", "dataset", b"dataset", "dataset_version", b"dataset_version", "dimensions", b"dimensions", "from_cache", b"from_cache", "masked", b"masked", "measures", b"measures", "statistic", b"statistic", "template_digest", b"template_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cells", b"cells", "charged", b"charged", "cost", b"cost", "dataset", b"dataset", "dataset_version", b"dataset_version", "dimensions", b"dimensions", "from_cache", b"from_cache", "masked", b"masked", "measures", b"measures", "notes", b"notes", "statistic", b"statistic", "template_digest", b"template_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -251,24 +260,37 @@ Global___GetBudgetReply: _TypeAlias = GetBudgetReply  # noqa: Y015
 
 @_typing.final
 class ProtocolRoundRequest(_message.Message):
+    """One secure-aggregation message (secagg.proto's SecAggMessage) for a session.
+    The first, which carries the SecAggSession, also carries the signed template and
+    request, so the node authorises the session exactly as it would an Execute.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     ROUND_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     round: _builtins.int
     payload: _builtins.bytes
+    @_builtins.property
+    def template(self) -> _common_pb2.SignedTemplate: ...
+    @_builtins.property
+    def request(self) -> _common_pb2.SignedRequest: ...
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         round: _builtins.int = ...,
         payload: _builtins.bytes = ...,
+        template: _common_pb2.SignedTemplate | None = ...,
+        request: _common_pb2.SignedRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "template", b"template"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "round", b"round", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "request", b"request", "round", b"round", "session_id", b"session_id", "template", b"template"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -279,15 +301,24 @@ class ProtocolRoundReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    STATEMENT_FIELD_NUMBER: _builtins.int
+    STATEMENT_SIGNATURE_FIELD_NUMBER: _builtins.int
     payload: _builtins.bytes
+    statement: _builtins.bytes
+    """With the masked input only: the node's signed answer statement for the session
+    (request_id is the session id; the payload it covers stays on the node).
+    """
+    statement_signature: _builtins.bytes
     def __init__(
         self,
         *,
         payload: _builtins.bytes = ...,
+        statement: _builtins.bytes = ...,
+        statement_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "statement", b"statement", "statement_signature", b"statement_signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

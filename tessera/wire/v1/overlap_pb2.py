@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtessera/wire/v1/overlap.proto\x12\x0ftessera.wire.v1\"t\n\x0cOverlapHello\x12\x10\n\x08query_id\x18\x01 \x01(\x0c\x12*\n\x04step\x18\x02 \x01(\x0e\x32\x1c.tessera.wire.v1.OverlapStep\x12\r\n\x05party\x18\x03 \x01(\r\x12\x17\n\x0fseal_public_key\x18\x04 \x01(\x0c\"\xb1\x01\n\rOverlapSealed\x12\x10\n\x08query_id\x18\x01 \x01(\x0c\x12*\n\x04step\x18\x02 \x01(\x0e\x32\x1c.tessera.wire.v1.OverlapStep\x12\x0e\n\x06sender\x18\x03 \x01(\r\x12\x11\n\trecipient\x18\x04 \x01(\r\x12\x1c\n\x14\x65phemeral_public_key\x18\x05 \x01(\x0c\x12\r\n\x05nonce\x18\x06 \x01(\x0c\x12\x12\n\nciphertext\x18\x07 \x01(\x0c\"B\n\x10OverlapDummyPlan\x12\x10\n\x08query_id\x18\x01 \x01(\x0c\x12\r\n\x05party\x18\x02 \x01(\r\x12\r\n\x05seeds\x18\x03 \x03(\x0c\"t\n\x10OverlapNoiseInfo\x12\x10\n\x08query_id\x18\x01 \x01(\x0c\x12\r\n\x05shift\x18\x02 \x01(\x03\x12\r\n\x05scale\x18\x03 \x01(\x01\x12\x0f\n\x07\x65psilon\x18\x04 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\x12\x10\n\x08variance\x18\x06 \x01(\x01\"\x8e\x01\n\x11OverlapBlindedSet\x12\x10\n\x08query_id\x18\x01 \x01(\x0c\x12*\n\x04step\x18\x02 \x01(\x0e\x32\x1c.tessera.wire.v1.OverlapStep\x12\r\n\x05owner\x18\x03 \x01(\r\x12\x0e\n\x06subset\x18\x04 \x01(\r\x12\x0c\n\x04hops\x18\x05 \x01(\r\x12\x0e\n\x06points\x18\x06 \x01(\x0c\"W\n\x10OverlapPadReport\x12\x10\n\x08query_id\x18\x01 \x01(\x0c\x12\r\n\x05party\x18\x02 \x01(\r\x12\x0c\n\x04pads\x18\x03 \x03(\x04\x12\x14\n\x0cnot_linkable\x18\x04 \x03(\x03\"\xb1\x01\n\x0eOverlapMessage\x12.\n\x05hello\x18\x01 \x01(\x0b\x32\x1d.tessera.wire.v1.OverlapHelloH\x00\x12\x30\n\x06sealed\x18\x02 \x01(\x0b\x32\x1e.tessera.wire.v1.OverlapSealedH\x00\x12\x35\n\x07\x62linded\x18\x03 \x01(\x0b\x32\".tessera.wire.v1.OverlapBlindedSetH\x00\x42\x06\n\x04\x62ody*\x95\x01\n\x0bOverlapStep\x12\x1c\n\x18OVERLAP_STEP_UNSPECIFIED\x10\x00\x12\x16\n\x12OVERLAP_STEP_HELLO\x10\x01\x12\x1b\n\x17OVERLAP_STEP_DUMMY_PLAN\x10\x02\x12\x16\n\x12OVERLAP_STEP_BLIND\x10\x03\x12\x1b\n\x17OVERLAP_STEP_PAD_REPORT\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtessera/wire/v1/overlap.proto\x12\x0ftessera.wire.v1\"t\n\x0cOverlapHello\x12\x10\n\x08query_id\x18\x01 \x01(\x0c\x12*\n\x04step\x18\x02 \x01(\x0e\x32\x1c.tessera.wire.v1.OverlapStep\x12\r\n\x05party\x18\x03 \x01(\r\x12\x17\n\x0fseal_public_key\x18\x04 \x01(\x0c\"\xb1\x01\n\rOverlapSealed\x12\x10\n\x08query_id\x18\x01 \x01(\x0c\x12*\n\x04step\x18\x02 \x01(\x0e\x32\x1c.tessera.wire.v1.OverlapStep\x12\x0e\n\x06sender\x18\x03 \x01(\r\x12\x11\n\trecipient\x18\x04 \x01(\r\x12\x1c\n\x14\x65phemeral_public_key\x18\x05 \x01(\x0c\x12\r\n\x05nonce\x18\x06 \x01(\x0c\x12\x12\n\nciphertext\x18\x07 \x01(\x0c\"B\n\x10OverlapDummyPlan\x12\x10\n\x08query_id\x18\x01 \x01(\x0c\x12\r\n\x05party\x18\x02 \x01(\r\x12\r\n\x05seeds\x18\x03 \x03(\x0c\"t\n\x10OverlapNoiseInfo\x12\x10\n\x08query_id\x18\x01 \x01(\x0c\x12\r\n\x05shift\x18\x02 \x01(\x03\x12\r\n\x05scale\x18\x03 \x01(\x01\x12\x0f\n\x07\x65psilon\x18\x04 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x05 \x01(\x01\x12\x10\n\x08variance\x18\x06 \x01(\x01\"\xad\x01\n\x11OverlapBlindedSet\x12\x10\n\x08query_id\x18\x01 \x01(\x0c\x12*\n\x04step\x18\x02 \x01(\x0e\x32\x1c.tessera.wire.v1.OverlapStep\x12\r\n\x05owner\x18\x03 \x01(\r\x12\x0e\n\x06subset\x18\x04 \x01(\r\x12\x0c\n\x04hops\x18\x05 \x01(\r\x12\x0e\n\x06points\x18\x06 \x01(\x0c\x12\r\n\x05\x63hunk\x18\x07 \x01(\r\x12\x0e\n\x06\x63hunks\x18\x08 \x01(\r\"W\n\x10OverlapPadReport\x12\x10\n\x08query_id\x18\x01 \x01(\x0c\x12\r\n\x05party\x18\x02 \x01(\r\x12\x0c\n\x04pads\x18\x03 \x03(\x04\x12\x14\n\x0cnot_linkable\x18\x04 \x03(\x03\"\xb1\x01\n\x0eOverlapMessage\x12.\n\x05hello\x18\x01 \x01(\x0b\x32\x1d.tessera.wire.v1.OverlapHelloH\x00\x12\x30\n\x06sealed\x18\x02 \x01(\x0b\x32\x1e.tessera.wire.v1.OverlapSealedH\x00\x12\x35\n\x07\x62linded\x18\x03 \x01(\x0b\x32\".tessera.wire.v1.OverlapBlindedSetH\x00\x42\x06\n\x04\x62ody*\x95\x01\n\x0bOverlapStep\x12\x1c\n\x18OVERLAP_STEP_UNSPECIFIED\x10\x00\x12\x16\n\x12OVERLAP_STEP_HELLO\x10\x01\x12\x1b\n\x17OVERLAP_STEP_DUMMY_PLAN\x10\x02\x12\x16\n\x12OVERLAP_STEP_BLIND\x10\x03\x12\x1b\n\x17OVERLAP_STEP_PAD_REPORT\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tessera.wire.v1.overlap_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OVERLAPSTEP']._serialized_start=949
-  _globals['_OVERLAPSTEP']._serialized_end=1098
+  _globals['_OVERLAPSTEP']._serialized_start=980
+  _globals['_OVERLAPSTEP']._serialized_end=1129
   _globals['_OVERLAPHELLO']._serialized_start=50
   _globals['_OVERLAPHELLO']._serialized_end=166
   _globals['_OVERLAPSEALED']._serialized_start=169
@@ -42,9 +42,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OVERLAPNOISEINFO']._serialized_start=416
   _globals['_OVERLAPNOISEINFO']._serialized_end=532
   _globals['_OVERLAPBLINDEDSET']._serialized_start=535
-  _globals['_OVERLAPBLINDEDSET']._serialized_end=677
-  _globals['_OVERLAPPADREPORT']._serialized_start=679
-  _globals['_OVERLAPPADREPORT']._serialized_end=766
-  _globals['_OVERLAPMESSAGE']._serialized_start=769
-  _globals['_OVERLAPMESSAGE']._serialized_end=946
+  _globals['_OVERLAPBLINDEDSET']._serialized_end=708
+  _globals['_OVERLAPPADREPORT']._serialized_start=710
+  _globals['_OVERLAPPADREPORT']._serialized_end=797
+  _globals['_OVERLAPMESSAGE']._serialized_start=800
+  _globals['_OVERLAPMESSAGE']._serialized_end=977
 # @@protoc_insertion_point(module_scope)

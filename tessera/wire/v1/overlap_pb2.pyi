@@ -204,6 +204,8 @@ class OverlapBlindedSet(_message.Message):
     SUBSET_FIELD_NUMBER: _builtins.int
     HOPS_FIELD_NUMBER: _builtins.int
     POINTS_FIELD_NUMBER: _builtins.int
+    CHUNK_FIELD_NUMBER: _builtins.int
+    CHUNKS_FIELD_NUMBER: _builtins.int
     query_id: _builtins.bytes
     step: Global___OverlapStep.ValueType
     owner: _builtins.int
@@ -214,6 +216,12 @@ class OverlapBlindedSet(_message.Message):
     hops: _builtins.int
     """How many parties have applied their key so far (1 after the owner's own)."""
     points: _builtins.bytes
+    chunk: _builtins.int
+    """Sets travel in chunks, so that parties work at the same time. The party that
+    applies the last key gathers every chunk and shuffles the whole set before
+    the counter sees it.
+    """
+    chunks: _builtins.int
     def __init__(
         self,
         *,
@@ -223,10 +231,12 @@ class OverlapBlindedSet(_message.Message):
         subset: _builtins.int = ...,
         hops: _builtins.int = ...,
         points: _builtins.bytes = ...,
+        chunk: _builtins.int = ...,
+        chunks: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hops", b"hops", "owner", b"owner", "points", b"points", "query_id", b"query_id", "step", b"step", "subset", b"subset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "chunks", b"chunks", "hops", b"hops", "owner", b"owner", "points", b"points", "query_id", b"query_id", "step", b"step", "subset", b"subset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -169,3 +169,25 @@ def test_sizes_are_padded_to_buckets() -> None:
     sizes = sorted(len(p) // 1 for p in [_points(views[i]) for i in (0, 1, COUNTER)])
     assert sizes == sorted([bucket(200), bucket(1000), bucket(200) + bucket(1000)])
     assert bucket(1000) == 1024 and bucket(200) == 208
+
+
+def test_sets_travel_in_chunks_and_the_last_key_reshuffles_the_whole_set() -> None:
+    inputs = _sets(6, (300, 200, 150), ab=40, abc=25)
+    q = OverlapQuery(os.urandom(16), ("a", "b", "c"), ("x", "y"), Kind.ALL, 0, chunk_size=50)
+    views, _, values = _run(q, inputs)
+    assert values == brute_force(q, inputs)[0]
+    chunks: dict[tuple[int, int, int], list[list[bytes]]] = defaultdict(list)
+    for to in (0, 1, 2, COUNTER):
+        for data in views[to]:
+            m = pb.OverlapMessage.FromString(data)
+            if m.WhichOneof("body") == "blinded":
+                b = m.blinded
+                assert len(b.points) <= 50 * 32 and b.chunks > 1
+                chunks[(b.owner, b.subset, b.hops)].append(group.unpack(b.points))
+    # The owner's key and the next: the counter (relaying) sees chunk j become chunk j.
+    # After the last key the whole set was shuffled: no final chunk is the image of one
+    # earlier chunk (each final chunk mixes elements from several of them).
+    a0 = [len(c) for c in chunks[(0, 0, 1)]]
+    final = chunks[(0, 0, 3)]
+    assert sum(a0) == sum(len(c) for c in final)
+    assert len(final) == len(chunks[(0, 0, 1)]) > 2

@@ -83,7 +83,7 @@ def test_sets_out_of_place_are_refused() -> None:
     third = parties[2].handle(second)[0]
     assert recipient(q, third) == COUNTER
     counter.handle(third)
-    with pytest.raises(OverlapError, match="second copy"):
+    with pytest.raises(OverlapError, match="already complete"):
         counter.handle(third)
 
 
@@ -92,7 +92,12 @@ def test_bad_points_and_bad_bytes_are_refused() -> None:
     parties, _ = _ready(q)
     bad = pb.OverlapMessage(
         blinded=pb.OverlapBlindedSet(
-            query_id=q.query_id, step=pb.OVERLAP_STEP_BLIND, owner=0, hops=1, points=b"\xff" * 32
+            query_id=q.query_id,
+            step=pb.OVERLAP_STEP_BLIND,
+            owner=0,
+            hops=1,
+            chunks=1,
+            points=b"\xff" * 32,
         )
     ).SerializeToString()
     with pytest.raises(group.BadPoint):
@@ -101,7 +106,12 @@ def test_bad_points_and_bad_bytes_are_refused() -> None:
         parties[1].handle(b"\xff\xff\xff")
     short = pb.OverlapMessage(
         blinded=pb.OverlapBlindedSet(
-            query_id=q.query_id, step=pb.OVERLAP_STEP_BLIND, owner=0, hops=1, points=b"\x00" * 31
+            query_id=q.query_id,
+            step=pb.OVERLAP_STEP_BLIND,
+            owner=0,
+            hops=1,
+            chunks=1,
+            points=b"\x00" * 31,
         )
     ).SerializeToString()
     with pytest.raises(group.BadPoint, match="multiple of 32"):

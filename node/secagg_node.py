@@ -1,0 +1,309 @@
+"""A node's side of secure aggregation: the state behind its ProtocolRound.
+
+The first message of a session (the SecAggSession) comes with the signed template
+and request; the node authorises them exactly as for Execute (node/authorize.py, in
+secure-aggregation mode), checks that the session is the one the analyst signed for
+(id `{request_id}/secagg/{attempt}`, roster = the request's audience in sorted order,
+threshold = the template's), and records the session id durably in its ledger, so
+no session is ever joined twice, not even after a restart.
+
+Only at the masked-input stage does it read data: it compiles and runs the query,
+calibrates its noise share (privacy.secagg_noise_share: the sum of at least t shares
+meets the template's ρ), pays that ρ through the ledger's one commit path (keyed by
+the session id: a retry or another audience is a new session, with fresh noise and
+a fresh charge), draws the share with OpenDP, and only then lets the masked vector
+go. Every step is audited; a refusal costs nothing unless the spend was already paid.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import sqlite3
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tessera import answers, approvals, canonical, requests, schemas
+from tessera.errors import Refusal
+from tessera.node import compiler, privacy
+from tessera.node.authorize import Authorized, authorize
+from tessera.node.ledger import NewRelease, RequestRecord
+from tessera.node.service import NodeService
+from tessera.secagg.protocol import IntVector, Refused
+from tessera.secagg.roles import NodeSessions
+from tessera.templates import params as params_mod
+from tessera.templates.model import measure_sensitivities
+from tessera.wire.v1 import secagg_pb2 as pb
+
+log = logging.getLogger("tessera.node")
+SESSION_ID = re.compile(r"^(?P<request>.+)/secagg/(?P<attempt>[1-9][0-9]{0,5})$")
+
+
+@dataclass
+class _Pending:
+    auth: Authorized
+    signed: requests.SignedRequest
+    identity: str | None
+    shares: list[tuple[privacy.Calibration, privacy.NoiseShare]]
+    rho: float
+    cells: int
+    statement: answers.SignedStatement | None = None
+
+
+@dataclass(frozen=True)
+class RoundReply:
+    payload: bytes
+    statement: bytes = b""
+    statement_signature: bytes = b""
+
+
+def session_id(request_id: str, attempt: int) -> str:
+    return f"{request_id}/secagg/{attempt}"
+
+
+class SecAggNode:
+    """One node's secure-aggregation sessions. `exact_for_tests` switches the noise
+    off (and charges nothing): for in-process tests of the exact sum only; the node's
+    server never sets it."""
+
+    def __init__(self, service: NodeService, *, exact_for_tests: bool = False) -> None:
+        self.service = service
+        self.exact_for_tests = exact_for_tests
+        self._pending: dict[str, _Pending] = {}
+        self._by_context: dict[bytes, str] = {}
+        self._lock = threading.Lock()
+        self.sessions = NodeSessions(service.key, self._vector_for)
+
+    def round(
+        self,
+        identity: str | None,
+        session: str,
+        payload: bytes,
+        template_bytes: bytes,
+        approval_list: list[approvals.Approval],
+        signed: requests.SignedRequest | None,
+    ) -> RoundReply:
+        self.service.check_peer(identity, "ProtocolRound")
+        try:
+            msg = pb.SecAggMessage.FromString(payload)
+        except Exception:
+            r = Refusal("INVALID_ARGUMENT", "the payload is not a secure-aggregation message")
+            self._audit(identity, session, "INVALID_ARGUMENT", r.message)
+            raise r from None
+        stage = msg.WhichOneof("body") or "empty"
+        try:
+            with self._lock:
+                if stage == "session":
+                    self._join(
+                        identity, session, msg.session, template_bytes, approval_list, signed
+                    )
+                else:
+                    body = getattr(msg, stage, None)
+                    context = bytes(getattr(body, "context", b""))
+                    if self._by_context.get(context) != session:
+                        raise Refusal(
+                            "INVALID_ARGUMENT", "the message does not belong to the named session"
+                        )
+                try:
+                    reply = self.sessions.handle(msg)
+                except Refused as e:
+                    raise Refusal("FAILED_PRECONDITION", f"secure aggregation: {e}") from None
+                if stage == "session":
+                    self._by_context[bytes(reply.advertise.context)] = session
+                out = RoundReply(reply.SerializeToString())
+                pending = self._pending.get(session)
+                if stage == "share_set" and pending is not None and pending.statement:
+                    out = RoundReply(
+                        out.payload, pending.statement.statement, pending.statement.signature
+                    )
+                if stage == "unmask_request":
+                    self._pending.pop(session, None)
+        except Refusal as r:
+            self._audit(identity, session, r.code, r.message, stage=stage)
+            raise
+        except (sqlite3.Error, OSError) as e:
+            down = Refusal("UNAVAILABLE", "the budget ledger could not be written; nothing sent")
+            self._audit(identity, session, down.code, f"{down.message} ({type(e).__name__})")
+            raise down from None
+        self._audit(identity, session, "OK", f"secure aggregation stage {stage}", stage=stage)
+        return out
+
+    def _join(
+        self,
+        identity: str | None,
+        session: str,
+        s: pb.SecAggSession,
+        template_bytes: bytes,
+        approval_list: list[approvals.Approval],
+        signed: requests.SignedRequest | None,
+    ) -> None:
+        if signed is None or not template_bytes:
+            raise Refusal(
+                "INVALID_ARGUMENT",
+                "a session's first message must carry the signed template and request",
+            )
+        cfg = self.service.cfg
+        auth = authorize(
+            cfg,
+            template_bytes,
+            approval_list,
+            signed,
+            self.service.clock.now(),
+            secure_aggregation=True,
+        )
+        t = auth.template
+        m = SESSION_ID.match(s.session_id)
+        if s.session_id != session or m is None or m["request"] != auth.request.request_id:
+            raise Refusal("INVALID_ARGUMENT", "the session id is not {request_id}/secagg/{attempt}")
+        if s.threshold != t.access.threshold:
+            raise Refusal("INVALID_ARGUMENT", "the session's threshold is not the template's")
+        audience = sorted(set(auth.request.audience))
+        if len(s.participants) != len(audience):
+            raise Refusal("INVALID_ARGUMENT", "the session's roster is not the request's audience")
+        mine = audience.index(cfg.organisation) + 1
+        me = [p for p in s.participants if p.index == mine]
+        if len(me) != 1 or me[0].node_key_id != self.service.key.public.key_id:
+            raise Refusal("INVALID_ARGUMENT", "the roster does not place this node at its index")
+        version = self.service.catalog.latest(t.dataset)
+        if version is None:
+            raise Refusal("FAILED_PRECONDITION", f"no version of {t.dataset} has been loaded")
+        exclude = t.purpose != schemas.DIRECT_CARE
+        query = compiler.compile_query(
+            t, auth.params, exclude_opted_out=exclude, order_key=self.service.secret
+        )
+        try:
+            calibrations = privacy.calibrate(t.privacy, measure_sensitivities(t.statistic))
+            if calibrations[0].kind != "rho":
+                raise privacy.CalibrationError("secure aggregation needs a rho (zCDP) template")
+            shares = [
+                (
+                    c,
+                    privacy.secagg_noise_share(
+                        c.loss, c.sensitivity.l2, s.threshold, query.n_cells, c.sensitivity.l1
+                    ),
+                )
+                for c in calibrations
+            ]
+        except privacy.CalibrationError as e:
+            raise Refusal("INVALID_ARGUMENT", f"the template's privacy cost: {e}") from None
+        cells = query.n_cells * len(calibrations)
+        if s.vector_length != cells:
+            raise Refusal("INVALID_ARGUMENT", f"the session's vector length is not {cells}")
+        rho = privacy.compose_rho([share.rho for _, share in shares])
+        policy = cfg.policy(cfg.accountant_of(t.dataset))
+        self.service._check_affordable(policy, rho)
+        if not self.service.ledger.join_secagg_session(s.session_id):
+            raise Refusal("ALREADY_EXISTS", "this node has already joined a session with that id")
+        self._pending[s.session_id] = _Pending(auth, signed, identity, shares, rho, cells)
+
+    def _vector_for(self, session: pb.SecAggSession) -> IntVector:
+        p = self._pending.get(session.session_id)
+        if p is None:
+            raise Refused("this node holds no authorisation for that session")
+        svc, auth = self.service, p.auth
+        t = auth.template
+        version = svc.catalog.latest(t.dataset)
+        if version is None:
+            raise Refused(f"no version of {t.dataset} has been loaded")
+        exclude = t.purpose != schemas.DIRECT_CARE
+        query = compiler.compile_query(
+            t, auth.params, exclude_opted_out=exclude, order_key=svc.secret
+        )
+        cursor = svc.catalog.connect(version).cursor()
+        try:
+            exact = compiler.run(cursor, query)
+        finally:
+            cursor.close()
+        # Test-only: in-process tests set `secagg_exact_for_tests` on the service object.
+        exact_only = self.exact_for_tests or bool(getattr(svc, "secagg_exact_for_tests", False))
+        if exact_only:
+            parts = [exact[c.name] for c, _ in p.shares]
+        else:
+            parts = [privacy.add_noise_share(share, exact[c.name]) for c, share in p.shares]
+        vector = np.concatenate(parts).astype(np.int64)
+        rho = 0.0 if exact_only else p.rho
+        params_json = params_mod.to_json(auth.params)
+        answer_key = canonical.sha256_hex(
+            canonical.encode(
+                {"secagg": session.session_id, "d": auth.digest, "c": version.content_sha256}
+            )
+        )
+        # The payload stays on the node; its salted digest is all the statement names.
+        payload = canonical.encode(
+            {
+                "salt": secrets.token_hex(16),
+                "session": session.session_id,
+                "kind": "rho",
+                "cost": rho,
+                "scales": [share.scale for _, share in p.shares],
+            }
+        )
+        policy = svc.cfg.policy(svc.cfg.accountant_of(t.dataset))
+        req = RequestRecord(
+            session.session_id,
+            p.signed.hash,
+            auth.request.analyst_key,
+            f"{auth.request.nonce}/{session.session_id}",
+        )
+        body = svc._audit_body(p.identity, auth.request, "OK", "secure-aggregation share paid")
+        body["session_id"] = session.session_id
+        body["dataset_version"] = version.version
+        release = NewRelease(
+            answer_key,
+            t.dataset,
+            version.version,
+            auth.digest,
+            params_json,
+            "rho",
+            rho,
+            payload,
+            policy.name,
+            rho,
+        )
+        committed = svc.ledger.commit(req, answer_key, release, policy, body)
+        if committed.from_cache:
+            raise Refused("this session's share was already released")
+        p.statement = answers.sign(
+            answers.Statement(
+                organisation=svc.cfg.organisation,
+                node_key=svc.key.public.key_id,
+                request_id=session.session_id,
+                request_hash=p.signed.hash,
+                template_digest=auth.digest,
+                answer_key=answer_key,
+                dataset=t.dataset,
+                dataset_version=version.version,
+                payload_sha256=answers.payload_digest(committed.payload),
+                cost_kind="rho",
+                cost=rho,
+                charged=committed.charged,
+                from_cache=False,
+                audit_seq=committed.audit.seq,
+                audit_hash=committed.audit.hash,
+            ),
+            svc.key,
+        )
+        return vector
+
+    def _audit(
+        self,
+        identity: str | None,
+        session: str,
+        outcome: str,
+        message: str,
+        *,
+        stage: str = "",
+    ) -> None:
+        p = self._pending.get(session)
+        body: dict[str, Any] = self.service._audit_body(
+            identity, p.auth.request if p else None, outcome, message, auth=p.auth if p else None
+        )
+        body.update(method="ProtocolRound", session_id=session[:300], stage=stage)
+        try:
+            self.service.ledger.audit(body)
+        except Exception as e:  # best effort, as for Execute's refusals
+            log.error("audit write failed (%s)", type(e).__name__)
