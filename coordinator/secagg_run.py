@@ -12,6 +12,10 @@ each with its reason, and the contributors' signed statements.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,9 +23,12 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from tessera import requests
+from tessera import requests, results
+from tessera.coordinator.model import OK, Loss, NodeReport, QueryResult, SignedPart
+from tessera.intervals import NoisePart
 from tessera.secagg.protocol import Aborted, IntVector, Refused, SecAggServer
 from tessera.secagg.roles import Failure, run_session
+from tessera.templates.model import Mode, Template, measure_sensitivities
 from tessera.wire.v1 import common_pb2, node_pb2
 from tessera.wire.v1 import secagg_pb2 as pb
 
@@ -30,6 +37,12 @@ DEFAULT_STAGE_DEADLINE_MS = 20_000
 
 def session_id(request_id: str, attempt: int) -> str:
     return f"{request_id}/secagg/{attempt}"
+
+
+def vector_length(template: Template) -> int:
+    """Cells in the summed vector: every measure's cells, concatenated in the
+    template's measure order (the order the node's calibration gives)."""
+    return template.n_cells * len(measure_sensitivities(template.statistic))
 
 
 @dataclass(frozen=True)
@@ -51,6 +64,9 @@ class SecAggOutcome:
     aborted: str = ""
     # organisation -> (statement, signature), from the masked-input stage
     statements: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
+    # organisation -> its noise share's scale per measure (public figures)
+    noise_scales: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    latency_ms: float = 0.0
     # Every message the coordinator received (for tests of its view).
     received: list[tuple[str, bytes]] = field(default_factory=list)
 
@@ -68,7 +84,35 @@ async def run(
     record: bool = False,
     on_reply: Callable[[str, pb.SecAggMessage], None] | None = None,
 ) -> SecAggOutcome:
+    start = time.monotonic()
     roster = sorted(members, key=lambda m: m.organisation)
+    unknown = [m for m in roster if not m.node_key_id]
+    if unknown:
+        # The node keys, from each node itself; a node refuses a roster that does not
+        # name its own key at its index, so a wrong key only excludes that node.
+        keyed = await asyncio.gather(
+            *(
+                m.stub.Describe(node_pb2.DescribeRequest(), timeout=stage_deadline_ms / 1000)
+                for m in unknown
+            ),
+            return_exceptions=True,
+        )
+        found = {
+            m.organisation: r.node_key
+            for m, r in zip(unknown, keyed, strict=True)
+            if not isinstance(r, BaseException)
+        }
+        roster = [
+            m if m.node_key_id else Member(m.organisation, found.get(m.organisation, ""), m.stub)
+            for m in roster
+        ]
+        missing = [m.organisation for m in roster if not m.node_key_id]
+        if missing:
+            out0 = SecAggOutcome(session_id(request_id, attempt), None, (), (), ())
+            out0.aborted = "could not learn the node key of " + ", ".join(missing)
+            out0.excluded = tuple(m.organisation for m in roster)
+            out0.reasons = dict.fromkeys(missing, "advertise: the node did not describe itself")
+            return out0
     by_index = {i: m for i, m in enumerate(roster, start=1)}
     sid = session_id(request_id, attempt)
     session = pb.SecAggSession(
@@ -97,9 +141,13 @@ async def run(
         except aio.AioRpcError as e:
             code = e.code()
             name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
-            raise Refused(f"{name}: {(e.details() or '')[:300]}") from None
+            reason = f"{name}: {(e.details() or '')[:300]}"
+            out.reasons.setdefault(m.organisation, f"{msg.WhichOneof('body')}: {reason}")
+            raise Refused(reason) from None
         if record:
             out.received.append((m.organisation, bytes(reply.payload)))
+        if reply.noise_scales:
+            out.noise_scales[m.organisation] = tuple(reply.noise_scales)
         if reply.statement:
             out.statements[m.organisation] = (
                 bytes(reply.statement),
@@ -118,6 +166,7 @@ async def run(
         out.aborted = str(e)
     for f in failures:
         out.reasons.setdefault(by_index[f.node].organisation, f"{f.stage.value}: {f.reason}")
+    out.latency_ms = round((time.monotonic() - start) * 1000, 3)
     if out.aborted:
         out.statements.clear()  # nothing was released: no answer to speak for
         out.excluded = tuple(m.organisation for m in roster)
@@ -134,9 +183,70 @@ async def run(
     return out
 
 
-def members_from(
-    stubs: Mapping[str, Any], key_ids: Mapping[str, str]
-) -> list[Member]:
+def release(
+    template: Template,
+    digest: str,
+    query_id: str,
+    audience: Sequence[str],
+    out: SecAggOutcome,
+) -> QueryResult:
+    """The analyst's result: the sum post-processed once (tessera.results), every node
+    asked with its part, and the contributors' signed statements."""
+    names = list(measure_sensitivities(template.statistic))
+    contributors = set(out.contributors)
+    released = out.total is not None and len(contributors) >= template.access.quorum
+    cells: tuple[results.Cell, ...] = ()
+    reason = ""
+    if released and out.total is not None:
+        n = template.n_cells
+        measures = {}
+        for k, name in enumerate(names):
+            parts = [
+                NoisePart(results.mechanism("rho"), out.noise_scales[o][k])
+                for o in sorted(contributors)
+                if o in out.noise_scales and out.noise_scales[o][k] > 0
+            ]
+            values = [int(v) for v in out.total[k * n : (k + 1) * n]]
+            variance = math.fsum(p.scale**2 for p in parts)
+            measures[name] = results.measure_from_noise(name, values, variance, parts)
+        cells = tuple(results.release(template, measures))
+    else:
+        why = "; ".join(f"{o} ({r})" for o, r in sorted(out.reasons.items()))
+        reason = f"nothing released: {out.aborted or 'fewer contributors than the quorum'}"
+        reason += f"; {why}" if why else ""
+    reports = []
+    for org in sorted(set(audience)):
+        ok = released and org in contributors
+        message = out.reasons.get(org, "")
+        if org in out.dropped:
+            message = message or "dropped after sharing keys; its masks were removed"
+        reports.append(NodeReport(org, OK if ok else "ABORTED", message, ok, out.latency_ms))
+    spent = 0.0
+    parts_out = []
+    for org in sorted(out.statements):
+        body, sig = out.statements[org]
+        parts_out.append(SignedPart(org, body, sig))
+        try:
+            spent = max(spent, float(json.loads(body)["cost"]["rho"]))
+        except (ValueError, KeyError, TypeError):
+            pass
+    return QueryResult(
+        query_id=query_id,
+        template_digest=digest,
+        template_id=template.id,
+        mode=Mode.SECURE_AGGREGATION,
+        released=released,
+        withheld_reason=reason,
+        statistic=template.statistic.kind.value,
+        dimensions=tuple((d.name, d.labels) for d in template.group_by),
+        cells=cells,
+        nodes=tuple(reports),
+        privacy_spent=Loss("rho", spent if released else 0.0),
+        parts=tuple(parts_out) if released else (),
+    )
+
+
+def members_from(stubs: Mapping[str, Any], key_ids: Mapping[str, str]) -> list[Member]:
     return [Member(org, key_ids[org], stubs[org]) for org in sorted(stubs)]
 
 

@@ -59,6 +59,7 @@ class RoundReply:
     payload: bytes
     statement: bytes = b""
     statement_signature: bytes = b""
+    noise_scales: tuple[float, ...] = ()
 
 
 def session_id(request_id: str, attempt: int) -> str:
@@ -67,8 +68,8 @@ def session_id(request_id: str, attempt: int) -> str:
 
 class SecAggNode:
     """One node's secure-aggregation sessions. `exact_for_tests` switches the noise
-    off (and charges nothing): for in-process tests of the exact sum only; the node's
-    server never sets it."""
+    off (the share is still paid): for in-process tests of the exact sum only; the
+    node's server never sets it."""
 
     def __init__(self, service: NodeService, *, exact_for_tests: bool = False) -> None:
         self.service = service
@@ -118,7 +119,10 @@ class SecAggNode:
                 pending = self._pending.get(session)
                 if stage == "share_set" and pending is not None and pending.statement:
                     out = RoundReply(
-                        out.payload, pending.statement.statement, pending.statement.signature
+                        out.payload,
+                        pending.statement.statement,
+                        pending.statement.signature,
+                        tuple(share.scale for _, share in pending.shares),
                     )
                 if stage == "unmask_request":
                     self._pending.pop(session, None)
@@ -225,7 +229,7 @@ class SecAggNode:
         else:
             parts = [privacy.add_noise_share(share, exact[c.name]) for c, share in p.shares]
         vector = np.concatenate(parts).astype(np.int64)
-        rho = 0.0 if exact_only else p.rho
+        rho = p.rho  # paid in full even with the noise off
         params_json = params_mod.to_json(auth.params)
         answer_key = canonical.sha256_hex(
             canonical.encode(

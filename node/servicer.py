@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import grpc
-
 from tessera import approvals, requests, startup
 from tessera.node.secagg_node import SecAggNode
 from tessera.node.service import Answer, DatasetStatus, NodeService
@@ -163,6 +161,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             payload=reply.payload,
             statement=reply.statement,
             statement_signature=reply.statement_signature,
+            noise_scales=list(reply.noise_scales),
         )
 
     def ExportAudit(self, request: Any, context: Any) -> node_pb2.ExportAuditReply:

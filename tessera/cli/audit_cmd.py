@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tessera import audit, canonical
+from tessera.cli.output import add_json_arg, json_to_stdout, write_json
 from tessera.keys import PREFIX, KeyError_, PublicKey
 
 
@@ -53,11 +54,13 @@ def register(subparsers: Any) -> None:
         metavar="PUBKEY_ID_OR_FILE",
         help="the coordinator's public key id or .pub file",
     )
+    add_json_arg(v, "the outcome")
     v.set_defaults(handler=run_verify)
 
     s = sub.add_parser("show", help="print the latest entries as a table")
     s.add_argument("db", metavar="DB", type=Path)
     s.add_argument("--last", type=int, default=20, metavar="N", help="how many (default 20)")
+    add_json_arg(s, "the entries (seq, hash and decoded body)")
     s.set_defaults(handler=run_show)
 
 
@@ -83,6 +86,12 @@ def load_public_key(value: str) -> PublicKey:
 
 
 def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    # With --json -, standard output carries only the JSON; the words go to stderr.
+    out = sys.stderr if json_to_stdout(args) else sys.stdout
+
+    def say(text: str) -> None:
+        print(text, file=out)
+
     try:
         key = load_public_key(args.key)
     except KeyError_ as e:
@@ -100,18 +109,29 @@ def run_verify(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
             return 2
         theirs, against = audit.receipts(args.against, coordinator_key, args.node)
         if not theirs.ok:
-            print("FAILED: the coordinator's log does not verify:")
+            say("FAILED: the coordinator's log does not verify:")
             for problem in theirs.problems:
-                print(f"  - coordinator: {problem}")
+                say(f"  - coordinator: {problem}")
+            write_json(args, {"ok": False, "coordinator_problems": list(theirs.problems)})
             return 1
-        print(f"coordinator log: {theirs.entries} entries, {len(against)} receipts for {args.node}")
+        say(f"coordinator log: {theirs.entries} entries, {len(against)} receipts for {args.node}")
     result = audit.verify(args.db, key, args.head, check_head=not args.no_head, against=against)
+    write_json(
+        args,
+        {
+            "ok": result.ok,
+            "entries": result.entries,
+            "key": key.key_id,
+            "receipts_checked": len(against),
+            "problems": list(result.problems),
+        },
+    )
     if result.ok:
-        print(f"OK: {result.entries} entries verify with {key.key_id}")
+        say(f"OK: {result.entries} entries verify with {key.key_id}")
         return 0
-    print(f"FAILED: {result.entries} entries checked, the log does not verify:")
+    say(f"FAILED: {result.entries} entries checked, the log does not verify:")
     for problem in result.problems:
-        print(f"  - {problem}")
+        say(f"  - {problem}")
     return 1
 
 
@@ -124,6 +144,16 @@ def run_show(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except sqlite3.Error as err:
         print(f"error: cannot read {args.db}: {err}", file=sys.stderr)
         return 1
+    decoded = []
+    for e in entries:
+        try:
+            body: Any = e.fields()
+        except canonical.CanonicalError:
+            body = None
+        decoded.append({"seq": e.seq, "hash": e.hash, "prev_hash": e.prev_hash, "body": body})
+    write_json(args, {"db": str(args.db), "verified": False, "entries": decoded})
+    if json_to_stdout(args):
+        return 0
     table = Table(title=f"{args.db} (last {len(entries)}; not verified)")
     for col in ("seq", "time", "actor", "outcome", "mode", "template", "cost", "params", "message"):
         table.add_column(col, overflow="fold")

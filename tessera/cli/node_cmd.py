@@ -12,6 +12,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from tessera.cli.output import add_json_arg, json_to_stdout, write_json
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("node", help="run and operate a node")
@@ -26,6 +28,7 @@ def register(sub: Any) -> None:
 
     budget = node_sub.add_parser("budget", help="show spent and remaining privacy budget")
     budget.add_argument("--config", type=Path, required=True)
+    add_json_arg(budget, "each dataset's version, content hash and accountant spend")
     budget.set_defaults(handler=_budget)
 
     adopt = node_sub.add_parser(
@@ -117,6 +120,25 @@ def _budget(args: argparse.Namespace, environ: dict[str, str]) -> int:
         service.ledger.close()
         service.catalog.close()
     # The operator's view: the content hash stays here (analysts see an opaque id).
+    write_json(
+        args,
+        [
+            {
+                "dataset": d.name,
+                "version": d.version,
+                "content_sha256": d.content_sha256,
+                "accountant": d.accountant,
+                "period": d.period,
+                "limit": dict(d.budget_total),
+                "spent": dict(d.budget_spent),
+                "epsilon_at_delta": d.epsilon_at_delta,
+                "delta": d.delta,
+            }
+            for d in rows
+        ],
+    )
+    if json_to_stdout(args):
+        return 0
     table = Table(title=f"Privacy budget: {cfg.organisation} (zCDP rho per accountant)")
     cols = ("dataset", "version", "content sha256", "accountant", "limit", "spent", "left")
     for col in (*cols, "epsilon at delta"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +21,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
 from tessera import notebook, requests
-from tessera.cli.output import add_json_arg, console, print_table, write_json
+from tessera.cli.output import add_json_arg, console, json_to_stdout, print_table, write_json
 from tessera.cli.remote import UsageError, add_connection_args, connect, handles_errors
 from tessera.client import Cell, Client, ClientError, NodeReport, QueryInfo, QueryResult
 from tessera.client import Progress as NodeProgress
@@ -110,6 +111,7 @@ def register(sub: Any) -> None:
         "the part).",
     )
     check.add_argument("query_id", metavar="QUERY_ID")
+    add_json_arg(check, "the verification outcome")
     _add_trust(check)
     add_connection_args(check)
     check.set_defaults(handler=_verify_cmd)
@@ -214,9 +216,24 @@ def _verify_cmd(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         if client.trust is None:
             raise UsageError("give the node keys to trust: --trust FILE or TESSERA_TRUST")
         result = client.verify_query(args.query_id)
-    print(result.summary())
+    out = sys.stderr if json_to_stdout(args) else sys.stdout
+    print(result.summary(), file=out)
     for note in result.notes:
-        print(f"note: {note}")
+        print(f"note: {note}", file=out)
+    write_json(
+        args,
+        {
+            "query_id": args.query_id,
+            "ok": result.ok,
+            "summary": result.summary(),
+            "nodes_verified": list(result.nodes),
+            "recomputed": result.recomputed,
+            "problems": [
+                {"node": p.node, "part": p.part, "message": p.message} for p in result.problems
+            ],
+            "notes": list(result.notes),
+        },
+    )
     return 0 if result.ok else 1
 
 

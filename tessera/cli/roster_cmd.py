@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera import roster
+from tessera.cli.output import add_json_arg, json_to_stdout, write_json
 from tessera.keys import KeyError_, SigningKey
 
 
@@ -34,6 +35,7 @@ def register(subparsers: Any) -> None:
     ap.set_defaults(handler=_approve)
     show = sub.add_parser("show", help="print a roster's nodes and its digest")
     show.add_argument("roster", type=Path, metavar="ROSTER")
+    add_json_arg(show, "the roster's nodes and digest")
     show.set_defaults(handler=_show)
 
 
@@ -74,7 +76,15 @@ def _show(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except roster.RosterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"digest {d}; {len(signed)} signature(s) (not verified here)")
+    out = sys.stderr if json_to_stdout(args) else sys.stdout
+    print(f"digest {d}; {len(signed)} signature(s) (not verified here)", file=out)
     for n in body.get("nodes", []):
-        print(f"  {n.get('organisation')}: {n.get('node_key')} (identity {n.get('identity')})")
+        print(
+            f"  {n.get('organisation')}: {n.get('node_key')} (identity {n.get('identity')})",
+            file=out,
+        )
+    write_json(
+        args,
+        {"digest": d, "signatures": len(signed), "verified": False, "roster": body},
+    )
     return 0

@@ -303,22 +303,30 @@ class ProtocolRoundReply(_message.Message):
     PAYLOAD_FIELD_NUMBER: _builtins.int
     STATEMENT_FIELD_NUMBER: _builtins.int
     STATEMENT_SIGNATURE_FIELD_NUMBER: _builtins.int
+    NOISE_SCALES_FIELD_NUMBER: _builtins.int
     payload: _builtins.bytes
     statement: _builtins.bytes
     """With the masked input only: the node's signed answer statement for the session
     (request_id is the session id; the payload it covers stays on the node).
     """
     statement_signature: _builtins.bytes
+    @_builtins.property
+    def noise_scales(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """With the masked input only: the scale of this node's discrete Gaussian noise
+        share, per measure (public: it follows from the template alone).
+        """
+
     def __init__(
         self,
         *,
         payload: _builtins.bytes = ...,
         statement: _builtins.bytes = ...,
         statement_signature: _builtins.bytes = ...,
+        noise_scales: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "statement", b"statement", "statement_signature", b"statement_signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["noise_scales", b"noise_scales", "payload", b"payload", "statement", b"statement", "statement_signature", b"statement_signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -248,3 +248,37 @@ def test_every_value_of_any_valid_template_is_shown(t: templates.Template, width
             continue
         text = f"{value:g}" if isinstance(value, float) else str(value)
         assert _flat(text) in shown or text.replace(" ", "") in joined, (key, text)
+
+
+def test_audit_commands_write_json_to_stdout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tessera.audit import AuditLog
+    from tessera.clock import SystemClock
+    from tessera.keys import SigningKey
+
+    monkeypatch.chdir(tmp_path)
+    key = SigningKey.generate()
+    db = tmp_path / "audit.sqlite"
+    with AuditLog.open(db, key, SystemClock()) as log:
+        for i in range(3):
+            log.append(
+                {
+                    "actor": {"peer": "x"},
+                    "template_digest": None,
+                    "params": {"i": i},
+                    "mode": None,
+                    "cost": 0.0,
+                    "outcome": "OK",
+                    "message": "m",
+                }
+            )
+    capsys.readouterr()
+    assert main(["audit", "verify", str(db), "--key", key.public.key_id, "--json", "-"]) == 0
+    verified = json.loads(capsys.readouterr().out)
+    assert verified["ok"] is True and verified["entries"] == 3 and verified["problems"] == []
+    assert main(["audit", "show", str(db), "--last", "2", "--json", "-"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [e["seq"] for e in shown["entries"]] == [2, 3]
+    assert shown["entries"][1]["body"]["params"] == {"i": 2}
+    assert not (tmp_path / "-").exists()

@@ -1,0 +1,210 @@
+"""Secure aggregation end to end: real council nodes over mutual TLS, driven by the
+coordinator's session driver (tessera.coordinator.secagg_run) over ProtocolRound."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from grpc import aio
+
+from tessera import answers, requests, schemas, templates
+from tessera.coordinator import secagg_run
+from tessera.node import compiler, privacy
+from tessera.templates.model import Mode, Template, measure_sensitivities
+from tessera.wire.v1 import common_pb2, node_pb2, node_pb2_grpc
+from tessera.wire.v1 import secagg_pb2 as pb
+from tests.support import coordinator as region_lib
+from tests.support import federation as fedlib
+
+T2 = "referrals-by-need-and-age"
+P2 = {"period_start": "2025-04-01", "period_end": "2026-03-31"}
+
+
+@pytest.fixture
+def region(tmp_path: Path) -> Iterator[region_lib.Region]:
+    r = region_lib.start_region(tmp_path, distinct_node_keys=True)
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def _template(region: region_lib.Region, threshold: int = 3) -> Template:
+    return region.fed.template(T2, threshold=threshold)
+
+
+def _signed(
+    region: region_lib.Region,
+    signed_template: common_pb2.SignedTemplate,
+    mode: Mode = Mode.SECURE_AGGREGATION,
+    audience: tuple[str, ...] = region_lib.COUNCILS,
+) -> requests.SignedRequest:
+    req = requests.new_request(
+        template_digest=templates.digest_of_bytes(signed_template.canonical),
+        params=P2,
+        mode=mode,
+        audience=audience,
+        analyst_key=region.fed.analyst.public.key_id,
+        now=datetime.now(UTC),
+    )
+    return requests.sign(req, region.fed.analyst)
+
+
+def _exact(region: region_lib.Region, org: str, t: Template) -> np.ndarray[Any, Any]:
+    """One node's exact vector, read directly (the test's own reference)."""
+    svc = region.nodes[org].service
+    params = templates.bind(t, P2)
+    q = compiler.compile_query(
+        t, params, exclude_opted_out=t.purpose != schemas.DIRECT_CARE, order_key=svc.secret
+    )
+    version = svc.catalog.latest(t.dataset)
+    cur = svc.catalog.connect(version).cursor()
+    try:
+        exact = compiler.run(cur, q)
+    finally:
+        cur.close()
+    return np.concatenate([exact[m] for m in measure_sensitivities(t.statistic)])
+
+
+async def _run(
+    region: region_lib.Region,
+    st: common_pb2.SignedTemplate,
+    signed: requests.SignedRequest,
+    t: Template,
+    *,
+    attempt: int = 1,
+    orgs: tuple[str, ...] = region_lib.COUNCILS,
+    **kw: Any,
+) -> secagg_run.SecAggOutcome:
+    creds = region.fed.tls("coordinator").load().channel_credentials()
+    channels = {o: aio.secure_channel(f"localhost:{region.nodes[o].port}", creds) for o in orgs}
+    try:
+        members = [
+            secagg_run.Member(
+                o, region.fed.key_of(o).public.key_id, node_pb2_grpc.NodeServiceStub(ch)
+            )
+            for o, ch in channels.items()
+        ]
+        return await secagg_run.run(
+            members,
+            signed_template=st,
+            signed=signed,
+            request_id=requests.parse(signed.body).request_id,
+            threshold=t.access.threshold,
+            vector_length=secagg_run.vector_length(t),
+            attempt=attempt,
+            **kw,
+        )
+    finally:
+        for ch in channels.values():
+            await ch.close()
+
+
+def _spent(region: region_lib.Region, org: str) -> float:
+    return sum(r.rho for r in region.nodes[org].service.ledger.release_log())
+
+
+def test_exact_sum_with_noise_off(region: region_lib.Region) -> None:
+    for n in region.nodes.values():
+        n.service.secagg_exact_for_tests = True  # test-only: no noise, no charge
+    t = _template(region)
+    st = fedlib.sign_template(t, region.fed.approvers[:2])
+    out = asyncio.run(_run(region, st, _signed(region, st), t, record=True))
+    assert not out.aborted, out.reasons
+    expected = sum(_exact(region, o, t) for o in region_lib.COUNCILS)
+    assert out.total is not None
+    assert np.array_equal(out.total, expected)
+    assert expected.sum() > 0
+    assert out.contributors == tuple(sorted(region_lib.COUNCILS))
+    assert out.dropped == () and out.excluded == ()
+    # The coordinator's recorded view: no masked input is any node's own vector.
+    masked = [
+        m.masked_input.masked
+        for _, raw in out.received
+        if (m := pb.SecAggMessage.FromString(raw)).WhichOneof("body") == "masked_input"
+    ]
+    assert len(masked) == 3
+    own = _exact(region, "Leeds", t).astype("<u8").tobytes()
+    assert all(b != own for b in masked)
+
+
+def test_noisy_release_charges_each_contributor_and_signs(region: region_lib.Region) -> None:
+    t = _template(region)
+    st = fedlib.sign_template(t, region.fed.approvers[:2])
+    before = {o: _spent(region, o) for o in region_lib.COUNCILS}
+    out = asyncio.run(_run(region, st, _signed(region, st), t))
+    assert not out.aborted, out.reasons
+    assert out.total is not None
+    expected = sum(_exact(region, o, t) for o in region_lib.COUNCILS)
+    c = privacy.calibrate(t.privacy, measure_sensitivities(t.statistic))[0]
+    share = privacy.secagg_noise_share(
+        c.loss, c.sensitivity.l2, 3, secagg_run.vector_length(t), c.sensitivity.l1
+    )
+    # Total noise scale is share.scale * sqrt(3); 6 sigma per cell bounds it.
+    assert np.max(np.abs(out.total - expected)) < 6 * share.scale * np.sqrt(3) + 1
+    assert share.rho <= t.privacy.rho * (1 + 1e-6)
+    for o in region_lib.COUNCILS:
+        charged = _spent(region, o) - before[o]
+        assert charged == pytest.approx(share.rho)
+        body, sig = out.statements[o]
+        s = answers.verify(answers.SignedStatement(body, sig), region.fed.key_of(o).public.key_id)
+        assert s.request_id == out.session_id and s.charged == pytest.approx(share.rho)
+
+
+def test_session_is_joined_once_and_retry_is_a_fresh_charge(region: region_lib.Region) -> None:
+    t = _template(region)
+    st = fedlib.sign_template(t, region.fed.approvers[:2])
+    signed = _signed(region, st)
+    first = asyncio.run(_run(region, st, signed, t))
+    assert not first.aborted
+    spent = _spent(region, "Leeds")
+    again = asyncio.run(_run(region, st, signed, t))  # same session id: refused, unpaid
+    assert again.aborted and again.total is None
+    assert "already joined" in " ".join(again.reasons.values())
+    assert _spent(region, "Leeds") == spent
+    retry = asyncio.run(_run(region, st, signed, t, attempt=2))
+    assert not retry.aborted and retry.total is not None
+    assert _spent(region, "Leeds") > spent
+    assert not np.array_equal(retry.total, first.total)  # fresh noise
+
+
+def test_refusals_are_precise(region: region_lib.Region) -> None:
+    t = _template(region)
+    st = fedlib.sign_template(t, region.fed.approvers[:2])
+    stub = fedlib.node_stub(region.fed, region.nodes["Leeds"].port)
+
+    def execute(mode: Mode) -> grpc.StatusCode:
+        s = _signed(region, st, mode)
+        req = node_pb2.ExecuteRequest(
+            template=st, request=common_pb2.SignedRequest(canonical=s.body, signature=s.signature)
+        )
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Execute(req, timeout=10)
+        return e.value.code()  # type: ignore[no-any-return]
+
+    # Secure aggregation runs only through ProtocolRound; a combined-only template that
+    # allows it is not answered in plain combined mode.
+    assert execute(Mode.SECURE_AGGREGATION) == grpc.StatusCode.FAILED_PRECONDITION
+    assert execute(Mode.COMBINED) == grpc.StatusCode.FAILED_PRECONDITION
+    # A session whose first message has no signed request, or a plain-mode request.
+    bare = node_pb2.ProtocolRoundRequest(
+        session_id="x/secagg/1",
+        payload=pb.SecAggMessage(session=pb.SecAggSession(session_id="x/secagg/1")).SerializeToString(),
+    )
+    with pytest.raises(grpc.RpcError) as e:
+        stub.ProtocolRound(bare, timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as e:
+        stub.ProtocolRound(node_pb2.ProtocolRoundRequest(session_id="x", payload=b"\xff\xff"))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Garbage costs nothing and the node keeps serving.
+    assert _spent(region, "Leeds") == 0.0
+    out = asyncio.run(_run(region, st, _signed(region, st), t))
+    assert not out.aborted
