@@ -17,12 +17,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import data, engines, federation_bench, node_bench, overlap_bench, report, stats
+from bench import (
+    data,
+    engines,
+    federation_bench,
+    node_bench,
+    overlap_bench,
+    report,
+    secagg_bench,
+    stats,
+)
 from bench.cluster import HIST, MEAN, Cluster, Questions, load_template
 from tessera.templates.model import Template
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ("node", "engines", "federation", "overlap")
+SCENARIOS = ("node", "engines", "federation", "overlap", "secagg")
 
 
 @dataclass(frozen=True)
@@ -197,6 +206,12 @@ class Run:
         work.mkdir(parents=True, exist_ok=True)
         self.details["overlap"] = overlap_bench.run(work, _log, quick=self.args.quick)
 
+    def secagg(self) -> None:
+        """Secure aggregation next to per-node answers (bench/secagg_bench.py)."""
+        work = self.work / "secagg"
+        work.mkdir(parents=True, exist_ok=True)
+        self.details["secagg"] = secagg_bench.run(work, _log, quick=self.args.quick)
+
     def federation(self, cluster: Cluster) -> None:
         p = self.plan.fed
         sets = [self.dataset(self.plan.fed_records, i + 1) for i in range(max(p.node_counts))]
@@ -257,6 +272,11 @@ def headline(details: dict[str, Any]) -> dict[str, Any]:
             "overlap_speedup_vs_openmined_psi"
         ),
         "overlap_four_agencies_s": details.get("overlap", {}).get("four", {}).get("seconds"),
+        # Secure aggregation (bench/secagg_bench.py): 8 nodes, 1,000 cells, side by side.
+        "secagg_overhead_ratio": details.get("secagg", {}).get("secagg_overhead_ratio"),
+        "secagg_error_ratio_vs_central": details.get("secagg", {}).get(
+            "secagg_error_ratio_vs_central"
+        ),
     }
 
 
@@ -292,6 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run.step("engines", run.engines)
             run.step("federation", lambda: run.federation(cluster))
         run.step("overlap", run.overlap)  # its parties are processes of its own
+        run.step("secagg", run.secagg)  # eight node processes of its own
         load_end, fsync_end = stats.load_average(), stats.fsync_probe(work)
         busy_end = stats.busy_seconds()  # every child process has been reaped by now
     finally:

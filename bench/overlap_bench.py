@@ -339,7 +339,7 @@ def run(
     log(f"  tessera, four agencies: {four_r['seconds']} s")
     out["notes"].append(
         "Tessera: one process per party (as at separate nodes) on this machine's "
-        f"{os.cpu_count()} cores, ristretto255 via libsodium (rbcl), DP dummies on; OpenMined "
+        f"{os.cpu_count()} cores, X25519 blinding via cryptography, DP dummies on; OpenMined "
         "PSI: client and server in one process, P-256, GCS setup at fpr 1e-9, cardinality "
         "only; both include serialising every message"
     )

@@ -96,6 +96,21 @@ class FanOut:
             deadline,
         )
 
+    def run_with_stubs(
+        self,
+        make: Callable[[Callable[[Target], Any]], Coroutine[Any, Any, T]],
+        timeout: float,
+    ) -> T:
+        """Run one coroutine on the fan-out loop, given each target's NodeService stub
+        (secure aggregation's session driver, tessera.coordinator.secagg_run)."""
+        if self._closed:
+            raise RuntimeError("fan-out is closed")
+
+        def stub(t: Target) -> Any:
+            return node_pb2_grpc.NodeServiceStub(self._channel(t.address, t.identity))
+
+        return asyncio.run_coroutine_threadsafe(make(stub), self._loop).result(timeout)
+
     # -- machinery -------------------------------------------------------------------
 
     def _call(

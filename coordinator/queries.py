@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from tessera import answers, canonical, requests, templates
 from tessera.clock import isoformat
-from tessera.coordinator import combine
+from tessera.coordinator import combine, convert, secagg_run
 from tessera.coordinator.config import Person
 from tessera.coordinator.fanout import Target
 from tessera.coordinator.model import (
@@ -130,8 +130,15 @@ class Queries:
                 "the template's approvers fixed its audience: ask exactly "
                 + ", ".join(participants),
             )
-        if request.mode is Mode.SECURE_AGGREGATION:
-            raise Refusal("UNIMPLEMENTED", "secure aggregation is not available in this version")
+        if request.mode is Mode.SECURE_AGGREGATION and not t.access.threshold:
+            raise Refusal(
+                "FAILED_PRECONDITION", "the template declares no secure-aggregation threshold"
+            )
+        if request.mode is Mode.COMBINED and t.access.threshold and not t.access.per_node_breakdown:
+            raise Refusal(
+                "FAILED_PRECONDITION",
+                "this combined-only template is answered only in secure_aggregation mode",
+            )
         try:
             templates.bind(t, request.params)
         except templates.ParamError as e:
@@ -193,6 +200,9 @@ class Queries:
                 self._same_request(existing, run.signed)
 
     def _stream(self, run: _Run) -> Generator[QueryEvent, None, None]:
+        if run.request.mode is Mode.SECURE_AGGREGATION:
+            yield from self._stream_secagg(run)
+            return
         total = len(run.targets) + len(run.unrouted)
         outcomes: list[Outcome[NodeAnswer]] = list(run.unrouted)
         pending = self.s.fanout.execute(
@@ -219,6 +229,36 @@ class Queries:
                     self.s.registry.record(o)
                     outcomes.append(o)
                 self._finish(run, outcomes)
+
+    def _stream_secagg(self, run: _Run) -> Generator[QueryEvent, None, None]:
+        """Secure aggregation (tessera.coordinator.secagg_run): one session, the sum only."""
+        r = run.request
+        result = secagg_run.run_for_query(
+            self.s.fanout,
+            run.targets,
+            [o.organisation for o in run.unrouted],
+            signed_template=convert.signed_template(run.record.canonical, run.record.approvals),
+            signed=run.signed,
+            request=r,
+            template=run.template,
+            digest=run.record.digest,
+            deadline_seconds=self.s.cfg.deadline_seconds,
+        )
+        total = len(result.nodes)
+        for n in result.nodes:
+            yield NodeProgress(n, total)
+        message = (
+            f"released from {', '.join(n.organisation for n in result.nodes if n.contributed)}"
+            if result.released
+            else result.withheld_reason
+        )
+        body = self.s.audit_body(run.identity, "RunQuery", "OK", message, **_request_context(r))
+        body["cost"] = {result.privacy_spent.kind: result.privacy_spent.value}
+        body["nodes"] = {n.organisation: n.status for n in result.nodes}
+        body["receipts"] = _receipts(result.parts)
+        state = RELEASED if result.released else WITHHELD
+        self.s.store.finish_query(r.request_id, state, result, body)
+        yield QueryDone(result, total)
 
     def _finish(self, run: _Run, outcomes: list[Outcome[NodeAnswer]]) -> QueryResult:
         r = run.request

@@ -24,6 +24,7 @@ import grpc
 from grpc import aio
 
 from tessera import requests, results
+from tessera.coordinator.fanout import FanOut, Target
 from tessera.coordinator.model import OK, Loss, NodeReport, QueryResult, SignedPart
 from tessera.intervals import NoisePart
 from tessera.secagg.protocol import Aborted, IntVector, Refused, SecAggServer
@@ -258,3 +259,47 @@ __all__ = [
     "run",
     "session_id",
 ]
+
+
+def run_for_query(
+    fanout: FanOut,
+    targets: Sequence[Target],
+    unrouted: Sequence[str],
+    *,
+    signed_template: common_pb2.SignedTemplate,
+    signed: requests.SignedRequest,
+    request: requests.QueryRequest,
+    template: Template,
+    digest: str,
+    deadline_seconds: float,
+    max_attempts: int = 8,
+) -> QueryResult:
+    """One secure-aggregation query: a session over every routed node of the audience.
+    A node never rejoins a session id, so a query run again (after a coordinator
+    restart) moves on to the next attempt: fresh noise, paid afresh."""
+    if unrouted:
+        out = SecAggOutcome(session_id(request.request_id, 1), None, (), (), ())
+        out.aborted = "secure aggregation needs every node of the audience at the start"
+        out.reasons = dict.fromkeys(unrouted, "not routed: no such node hosting the dataset")
+        return release(template, digest, request.request_id, request.audience, out)
+    deadline_ms = max(1000, int(deadline_seconds * 1000))
+    for attempt in range(1, max_attempts + 1):
+
+        async def go(stub: Callable[[Target], Any], attempt: int = attempt) -> SecAggOutcome:
+            members = [Member(t.organisation, "", stub(t)) for t in targets]
+            return await run(
+                members,
+                signed_template=signed_template,
+                signed=signed,
+                request_id=request.request_id,
+                threshold=template.access.threshold,
+                vector_length=vector_length(template),
+                attempt=attempt,
+                stage_deadline_ms=deadline_ms,
+            )
+
+        out = fanout.run_with_stubs(go, timeout=deadline_seconds * 8 + 30)
+        rejoined = out.aborted and all("already joined" in r for r in out.reasons.values())
+        if not (rejoined and out.reasons):
+            break
+    return release(template, digest, request.request_id, request.audience, out)

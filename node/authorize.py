@@ -121,7 +121,9 @@ def authorize(
             "a secure-aggregation request is answered through ProtocolRound, not Execute",
         )
     if secure_aggregation and request.mode is not Mode.SECURE_AGGREGATION:
-        raise Refusal("INVALID_ARGUMENT", "the analyst did not sign this request for secure_aggregation")
+        raise Refusal(
+            "INVALID_ARGUMENT", "the analyst did not sign this request for secure_aggregation"
+        )
     if request.mode is Mode.SECURE_AGGREGATION and not template.access.threshold:
         raise Refusal(
             "FAILED_PRECONDITION", "the template declares no secure-aggregation threshold"

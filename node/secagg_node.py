@@ -133,6 +133,10 @@ class SecAggNode:
             down = Refusal("UNAVAILABLE", "the budget ledger could not be written; nothing sent")
             self._audit(identity, session, down.code, f"{down.message} ({type(e).__name__})")
             raise down from None
+        except Exception as e:
+            # A fault of ours: audited by its type only (its text may carry values).
+            self._audit(identity, session, "INTERNAL", f"internal error ({type(e).__name__})")
+            raise
         self._audit(identity, session, "OK", f"secure aggregation stage {stage}", stage=stage)
         return out
 

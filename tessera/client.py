@@ -187,13 +187,17 @@ class Client:
         self,
         template_id_or_digest: str,
         params: Mapping[str, Any],
-        mode: str = "combined",
+        mode: str | None = None,
         nodes: Sequence[str] | None = None,
         on_progress: ProgressCallback | None = None,
         lifetime: timedelta = timedelta(minutes=10),
     ) -> QueryResult:
         """Sign a request for a published template and run it across the nodes hosting
-        its dataset (or the named `nodes`), calling `on_progress` as each one finishes."""
+        its dataset (or the named `nodes`), calling `on_progress` as each one finishes.
+
+        With no `mode`: secure_aggregation where the template allows it (declares a
+        threshold) and it is combined-only or asked of at least three nodes; else
+        combined. The mode is part of what the analyst signs."""
         key = self._key()
         info = self.resolve_template(template_id_or_digest)
         if nodes is None:
@@ -201,6 +205,10 @@ class Client:
             nodes = [n.organisation for n in self.nodes() if dataset in n.datasets]
             if not nodes:
                 raise ClientError("FAILED_PRECONDITION", f"no node hosts the dataset {dataset}")
+        if mode is None:
+            access = info.template.access
+            secure = access.threshold and (not access.per_node_breakdown or len(set(nodes)) >= 3)
+            mode = Mode.SECURE_AGGREGATION.value if secure else Mode.COMBINED.value
         request = requests.new_request(
             template_digest=info.digest,
             params={k: v.isoformat() if isinstance(v, date) else v for k, v in params.items()},

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from tessera import answers, keys, requests, results, roster, templates
 from tessera.client_types import ClientError
-from tessera.templates.model import Template
+from tessera.templates.model import Mode, Template
 
 if TYPE_CHECKING:
     from tessera.client_types import Cell, QueryResult
@@ -180,6 +180,7 @@ def verify_result(
 
     valid: dict[str, tuple[answers.Statement, bytes]] = {}
     seen: set[str] = set()
+    sessions: set[str] = set()
     for p in result.parts:
         org = p.organisation
         if org in seen:
@@ -198,7 +199,13 @@ def verify_result(
         if st.organisation != org:
             bad(org, "statement", f"the signed statement is {st.organisation!r}'s")
             continue
-        if st.request_hash != answered.hash or st.request_id != req_for_parts.request_id:
+        answers_it = st.request_id == req_for_parts.request_id
+        if req.mode is Mode.SECURE_AGGREGATION:
+            # Each node signs for the session: "{request_id}/secagg/{attempt}", one for all.
+            prefix, _, attempt = st.request_id.rpartition("/secagg/")
+            answers_it = prefix == req_for_parts.request_id and attempt.isdigit()
+            sessions.add(st.request_id)
+        if st.request_hash != answered.hash or not answers_it:
             bad(org, "statement", "the signed answer is for another request (replayed)")
             continue
         if st.template_digest != req.template_digest:
@@ -234,8 +241,22 @@ def verify_result(
         ):
             bad(None, "privacy_spent", f"does not match the nodes' signed cost ({kind} {want:g})")
 
+    if len(sessions) > 1:
+        bad(None, "statement", "the nodes signed for different secure-aggregation sessions")
     recomputed = False
-    if template.access.per_node_breakdown:
+    if req.mode is Mode.SECURE_AGGREGATION:
+        notes.append(
+            "secure aggregation: only the sum was ever unmasked, so no one (the analyst "
+            "included) can recompute it; the signed statements show which nodes took part "
+            "and what each was charged"
+        )
+        for org, (_, payload) in sorted(valid.items()):
+            if payload:
+                bad(org, "payload", "a node's figures were forwarded in secure aggregation")
+        if result.per_node:
+            for org in sorted(result.per_node):
+                bad(org, "per_node", "per-node figures in secure aggregation")
+    elif template.access.per_node_breakdown:
         if valid and all(payload for _, payload in valid.values()):
             recomputed = True
             _recompute(result, template, valid, req.audience, bad)

@@ -141,6 +141,12 @@ def _run_in(root: Path, options: DemoOptions, console: Console) -> dict[str, Any
             "ed-injuries-under-fives-by-month",
         )
         chosen = {n: load_template(n, analyst_key) for n in names}
+        # Secure aggregation: the approvers allow it for the combined-only referrals
+        # template, with a threshold of 3 of the five councils (docs/secure-aggregation.md).
+        referrals = chosen["referrals-by-need-and-age"]
+        chosen["referrals-by-need-and-age"] = dataclasses.replace(
+            referrals, access=dataclasses.replace(referrals.access, threshold=3)
+        )
 
         def approve_all() -> None:
             for t in chosen.values():
@@ -165,8 +171,8 @@ def _run_in(root: Path, options: DemoOptions, console: Console) -> dict[str, Any
             (
                 "referrals-by-need-and-age",
                 {"period_start": "2025-04-01", "period_end": REFERENCE_DATE},
-                "combined",
-                None,
+                "secure_aggregation",
+                list(COUNCILS),
             ),
             ("absence-by-sen", {"academic_year": "2024/25"}, "combined", None),
             ("ed-injuries-under-fives-by-month", {}, "combined", None),

@@ -5,7 +5,7 @@ coordinator). One query, in four steps, every message bound to the query id
 and its step:
 
 1. HELLO. Every party and the counter announce a fresh X25519 key for sealed
-   messages. Every party also draws a fresh ristretto255 blinding key, which
+   messages. Every party also draws a fresh X25519 blinding key, which
    never leaves it and is forgotten with the query.
 2. DUMMY_PLAN. The noise party draws, through the node's OpenDP noise source,
    a count of dummy elements for every cell of the counter's view (membership
@@ -38,11 +38,13 @@ tests), in one process per party (the benchmark) or behind gRPC.
 from __future__ import annotations
 
 import enum
-import random
+import os
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+import numpy as np
 
 from tessera.overlap import group, seal
 from tessera.overlap.nhs import normalise
@@ -53,7 +55,17 @@ MIN_BUCKET = 64
 MAX_PARTIES = 4
 SEED_BYTES = 32
 CHUNK = 1 << 15  # elements per message: 1 MiB of points
-_shuffle = random.SystemRandom().shuffle
+
+
+def _shuffle(items: list[Any]) -> None:
+    """A uniformly random permutation, in place, from the operating system's CSPRNG:
+    sorting by 64-bit random keys (ties have probability about n^2 / 2^65). Several
+    times faster than random.SystemRandom().shuffle, which reads the CSPRNG per swap."""
+    if len(items) < 2:
+        return
+    keys = np.frombuffer(os.urandom(8 * len(items)), dtype=np.uint64)
+    order = np.argsort(keys, kind="stable").tolist()
+    items[:] = [items[i] for i in order]
 
 
 class OverlapError(ValueError):

@@ -512,7 +512,8 @@ def _access(f: Fields) -> Access:
         raise TemplateError(f.at("participants"), "lists fewer organisations than the quorum")
     if access.threshold and access.threshold < access.quorum:
         raise TemplateError(f.at("threshold"), "is less than the quorum")
-    if access.threshold and access.participants and 2 * access.threshold <= len(access.participants):
+    n_participants = len(access.participants)
+    if access.threshold and n_participants and 2 * access.threshold <= n_participants:
         raise TemplateError(f.at("threshold"), "must be more than half of the participants")
     f.done()
     return access

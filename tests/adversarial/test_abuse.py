@@ -475,7 +475,7 @@ def _request_cases() -> list[Case]:
             "request-mode-secure-aggregation",
             "mode",
             Mode.SECURE_AGGREGATION.value,
-            S.UNIMPLEMENTED,
+            S.FAILED_PRECONDITION,  # answered only through ProtocolRound
         ),
     ]
 

@@ -365,8 +365,9 @@ def test_roles_keys_and_signatures_are_checked(region: region_lib.Region) -> Non
         )
         == "INVALID_ARGUMENT"
     )
+    # T1 declares no secure-aggregation threshold (tests/integration/test_secagg.py).
     assert _code(lambda: analyst.run_query(T1, P1, nodes=["Leeds"], mode="secure_aggregation")) == (
-        "UNIMPLEMENTED"
+        "FAILED_PRECONDITION"
     )
     # Another analyst's query is invisible.
     assert _code(lambda: analyst.get_query("no-such-query")) == "NOT_FOUND"

@@ -4,6 +4,7 @@ coordinator's session driver (tessera.coordinator.secagg_run) over ProtocolRound
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -133,6 +134,13 @@ def test_exact_sum_with_noise_off(region: region_lib.Region) -> None:
     assert len(masked) == 3
     own = _exact(region, "Leeds", t).astype("<u8").tobytes()
     assert all(b != own for b in masked)
+    # Masked cells look uniform mod 2^64: chi-square of their top 4 bits (16 bins; the
+    # cells themselves are small counts, so unmasked they would all fall in bin 0).
+    top = np.concatenate([np.frombuffer(b, dtype="<u8") >> np.uint64(60) for b in masked])
+    counts = np.bincount(top.astype(np.int64), minlength=16)
+    expected_per_bin = len(top) / 16
+    chi2 = float(np.sum((counts - expected_per_bin) ** 2 / expected_per_bin))
+    assert chi2 < 50.0, chi2  # 15 degrees of freedom: p < 1e-6 beyond 50
 
 
 def test_noisy_release_charges_each_contributor_and_signs(region: region_lib.Region) -> None:
@@ -196,7 +204,9 @@ def test_refusals_are_precise(region: region_lib.Region) -> None:
     # A session whose first message has no signed request, or a plain-mode request.
     bare = node_pb2.ProtocolRoundRequest(
         session_id="x/secagg/1",
-        payload=pb.SecAggMessage(session=pb.SecAggSession(session_id="x/secagg/1")).SerializeToString(),
+        payload=pb.SecAggMessage(
+            session=pb.SecAggSession(session_id="x/secagg/1")
+        ).SerializeToString(),
     )
     with pytest.raises(grpc.RpcError) as e:
         stub.ProtocolRound(bare, timeout=10)
@@ -208,3 +218,40 @@ def test_refusals_are_precise(region: region_lib.Region) -> None:
     assert _spent(region, "Leeds") == 0.0
     out = asyncio.run(_run(region, st, _signed(region, st), t))
     assert not out.aborted
+    # Every stage, answered or refused, is in the node's audit log.
+    entries = [
+        json.loads(e.body) for e in region.nodes["Leeds"].service.ledger.audit_log.export(1, 1000)
+    ]
+    rounds = [e for e in entries if e.get("method") == "ProtocolRound"]
+    assert {e["outcome"] for e in rounds} >= {"OK", "INVALID_ARGUMENT"}
+    stages = {e["stage"] for e in rounds if e["outcome"] == "OK"}
+    assert stages == {
+        "session",
+        "advertise_set",
+        "share_set",
+        "consistency_request",
+        "unmask_request",
+    }
+    assert any(e.get("message") == "secure-aggregation share paid" for e in entries)
+
+
+def test_through_the_coordinator(region: region_lib.Region) -> None:
+    """The analyst's client picks secure_aggregation for a combined-only template that
+    allows it; the coordinator runs the session and releases the sum only."""
+    digest = region_lib.published(region, T2, threshold=3)
+    analyst = region.analyst()
+    # The analyst checks the nodes' signed statements against keys it trusts.
+    analyst.trust = region.fed.trust(region_lib.COUNCILS)
+    result = analyst.run_query(digest, P2)
+    assert result.verification is not None and result.verification.ok, result.verification
+    assert any("secure aggregation" in n for n in result.verification.notes)
+    assert result.mode == "secure_aggregation"
+    assert result.released, result.withheld_reason
+    assert [n.organisation for n in result.nodes if n.contributed] == sorted(region_lib.COUNCILS)
+    assert not result.per_node
+    assert len(result.parts) == 3 and all(p.payload == b"" for p in result.parts)
+    assert 0 < result.privacy_spent["rho"] <= 0.125 * 1.001
+    # Plain combined mode is refused for it, at the coordinator, costing nothing.
+    with pytest.raises(Exception) as e:
+        analyst.run_query(digest, P2, mode="combined")
+    assert getattr(e.value, "code", "") == "FAILED_PRECONDITION"

@@ -5,7 +5,7 @@ Private set intersection cardinality across agencies (tessera.overlap).
 
 Every message names the query it belongs to and its step, and a party checks
 both before acting, so a message from one query or step cannot be replayed
-into another. Blinded points are ristretto255 encodings (32 bytes each),
+into another. Blinded points are X25519 u-coordinates (32 bytes each),
 concatenated in `points`. Sealed messages are X25519 + HKDF-SHA256 +
 AES-256-GCM to one recipient's per-query key; the header fields are the
 associated data, so the relay (the coordinator) can route them but neither

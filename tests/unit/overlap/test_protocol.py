@@ -97,7 +97,7 @@ def test_bad_points_and_bad_bytes_are_refused() -> None:
             owner=0,
             hops=1,
             chunks=1,
-            points=b"\xff" * 32,
+            points=b"\x00" * 32,  # u = 0: small order
         )
     ).SerializeToString()
     with pytest.raises(group.BadPoint):
@@ -177,3 +177,16 @@ def test_a_noisy_party_will_not_send_before_its_dummy_plan(node_noise: object) -
     parties[1].handle(plans[0])
     with pytest.raises(OverlapError, match="second dummy plan"):
         parties[1].handle(plans[0])
+
+
+def test_the_shuffle_is_a_uniform_permutation() -> None:
+    from collections import Counter as Tally
+
+    from tessera.overlap.protocol import _shuffle
+
+    seen: Tally[tuple[int, ...]] = Tally()
+    for _ in range(6000):
+        items = [0, 1, 2]
+        _shuffle(items)
+        seen[tuple(items)] += 1
+    assert len(seen) == 6 and all(800 < n < 1200 for n in seen.values())  # about 1000 each
