@@ -272,6 +272,11 @@ def headline(details: dict[str, Any]) -> dict[str, Any]:
             "overlap_speedup_vs_openmined_psi"
         ),
         "overlap_four_agencies_s": details.get("overlap", {}).get("four", {}).get("seconds"),
+        # OpenMined's CPU over the busiest Tessera party's: the speed-up with each party
+        # on a machine of its own, free of this shared machine's other load.
+        "overlap_cpu_speedup_vs_openmined_psi": details.get("overlap", {}).get(
+            "overlap_cpu_speedup_vs_openmined_psi"
+        ),
         # Secure aggregation (bench/secagg_bench.py): 8 nodes, 1,000 cells, side by side.
         "secagg_overhead_ratio": details.get("secagg", {}).get("secagg_overhead_ratio"),
         "secagg_error_ratio_vs_central": details.get("secagg", {}).get(

@@ -364,17 +364,26 @@ def markdown(result: dict[str, Any]) -> str:
                 "Tessera, 2 agencies",
                 " × ".join(f"{n:,}" for n in two["sizes"]),
                 _num(two["seconds"], "s"),
+                " + ".join(_num(c, "s") for c in two["party_cpu_s"]),
             ],
-            ["OpenMined PSI", " × ".join(f"{n:,}" for n in two["sizes"]), "skipped"],
+            ["OpenMined PSI", " × ".join(f"{n:,}" for n in two["sizes"]), "skipped", ""],
             [
                 "Tessera, 4 agencies, at least 3 of 4",
                 " × ".join(f"{n:,}" for n in four["sizes"]),
                 _num(four["seconds"], "s"),
+                " + ".join(_num(c, "s") for c in four["party_cpu_s"]),
             ],
         ]
         if om:
-            rows[1][2] = _num(om["seconds"], "s")
-        lines += _table(["engine", "identifiers", "wall time"], rows)
+            rows[1][2:] = [_num(om["seconds"], "s"), _num(om.get("cpu_s"), "s")]
+        lines += _table(["engine", "identifiers", "wall time", "CPU (per party)"], rows)
+        if ov.get("overlap_cpu_speedup_vs_openmined_psi") is not None:
+            lines += [
+                "",
+                "OpenMined PSI's CPU time over the busiest Tessera party's (the speed-up with "
+                "each party on a machine of its own): "
+                f"{_num(ov['overlap_cpu_speedup_vs_openmined_psi'], '×')}.",
+            ]
         for note in ov.get("notes", []):
             lines += ["", f"- {note}"]
     m = result["machine"]

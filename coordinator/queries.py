@@ -134,6 +134,15 @@ class Queries:
             raise Refusal(
                 "FAILED_PRECONDITION", "the template declares no secure-aggregation threshold"
             )
+        n_asked = len(set(request.audience))
+        if request.mode is Mode.SECURE_AGGREGATION and not (
+            n_asked // 2 < t.access.threshold <= n_asked and n_asked >= 3
+        ):
+            raise Refusal(
+                "FAILED_PRECONDITION",
+                f"secure aggregation with threshold {t.access.threshold} needs at least 3 "
+                f"nodes and more than half of those asked to reach it; {n_asked} asked",
+            )
         if request.mode is Mode.COMBINED and t.access.threshold and not t.access.per_node_breakdown:
             raise Refusal(
                 "FAILED_PRECONDITION",

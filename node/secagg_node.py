@@ -204,6 +204,11 @@ class SecAggNode:
         rho = privacy.compose_rho([share.rho for _, share in shares])
         policy = cfg.policy(cfg.accountant_of(t.dataset))
         self.service._check_affordable(policy, rho)
+        # Forget what belonged to sessions that ended or expired.
+        live = self.sessions.open_session_ids()
+        for sid in [sid for sid in self._pending if sid not in live]:
+            del self._pending[sid]
+        self._by_context = {c: sid for c, sid in self._by_context.items() if sid in live}
         if not self.service.ledger.join_secagg_session(s.session_id):
             raise Refusal("ALREADY_EXISTS", "this node has already joined a session with that id")
         self._pending[s.session_id] = _Pending(auth, signed, identity, shares, rho, cells)

@@ -49,7 +49,8 @@ def register(sub: Any) -> None:
         metavar="NAME=VALUE",
         help="a parameter value; repeat for each parameter",
     )
-    run.add_argument("--mode", choices=("combined", "per_node"), default="combined")
+    # No --mode: secure_aggregation where the template allows it (tessera.client.run_query).
+    run.add_argument("--mode", choices=("combined", "per_node", "secure_aggregation"), default=None)
     run.add_argument(
         "--node",
         action="append",

@@ -62,6 +62,11 @@ class NodeSessions:
             if o.client.stage in (Stage.DONE, Stage.ABORTED) or now - o.started > lifetime:
                 del self._open[context]  # its secrets go with it
 
+    def open_session_ids(self) -> set[str]:
+        """The ids of the sessions still open (not done, aborted or expired)."""
+        self._expire()
+        return {o.session.session_id for o in self._open.values()}
+
     def handle(self, msg: pb.SecAggMessage) -> pb.SecAggMessage:
         """The reply to one message, or Refused (a clean, record-free reason)."""
         self._expire()

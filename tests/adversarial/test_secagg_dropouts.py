@@ -97,9 +97,7 @@ def _session(five: Five, kill_after: str | None, victim: str) -> secagg_run.SecA
     return _session_killing(five, kill_after, {victim})
 
 
-def _session_killing(
-    five: Five, kill_after: str | None, victims: set[str]
-) -> secagg_run.SecAggOutcome:
+def _signed(five: Five) -> requests.SignedRequest:
     req = requests.new_request(
         template_digest=templates.digest_of_bytes(five.signed_template.canonical),
         params=P2,
@@ -108,7 +106,17 @@ def _session_killing(
         analyst_key=five.fed.analyst.public.key_id,
         now=datetime.now(UTC),
     )
-    signed = requests.sign(req, five.fed.analyst)
+    return requests.sign(req, five.fed.analyst)
+
+
+def _session_killing(
+    five: Five,
+    kill_after: str | None,
+    victims: set[str],
+    signed: requests.SignedRequest | None = None,
+) -> secagg_run.SecAggOutcome:
+    signed = signed or _signed(five)
+    req = requests.parse(signed.body)
 
     def on_reply(org: str, msg: pb.SecAggMessage) -> None:
         if org in victims and msg.WhichOneof("body") == kill_after:
@@ -196,3 +204,18 @@ def test_below_the_threshold_nothing_is_released(five: Five) -> None:
     assert out.total is None and not out.statements
     assert "threshold" in out.aborted
     assert req_victims <= set(out.reasons)
+
+
+def test_a_restarted_node_never_rejoins_a_session(five: Five) -> None:
+    """The session ids a node joined are in its ledger: after a kill -9 and a restart,
+    the same session is refused (no noisy vector is masked twice), at no cost."""
+    for o in ORGS:
+        five.restart(o)
+    signed = _signed(five)
+    first = _session_killing(five, None, set(), signed)
+    assert first.total is not None
+    five.procs["Leeds"].kill()
+    five.restart("Leeds")
+    again = _session_killing(five, None, set(), signed)
+    assert again.total is None
+    assert "already joined" in again.reasons["Leeds"]

@@ -251,6 +251,10 @@ def test_through_the_coordinator(region: region_lib.Region) -> None:
     assert not result.per_node
     assert len(result.parts) == 3 and all(p.payload == b"" for p in result.parts)
     assert 0 < result.privacy_spent["rho"] <= 0.125 * 1.001
+    # Too few nodes asked for the threshold: refused before any node is called.
+    with pytest.raises(Exception) as e:
+        analyst.run_query(digest, P2, nodes=["Leeds", "Wakefield"])
+    assert getattr(e.value, "code", "") == "FAILED_PRECONDITION"
     # Plain combined mode is refused for it, at the coordinator, costing nothing.
     with pytest.raises(Exception) as e:
         analyst.run_query(digest, P2, mode="combined")

@@ -75,6 +75,7 @@ def test_rows_csv_and_the_demo_json_shape(tmp_path: Path) -> None:
                 "suppressed": True,
             },
         ],
+        "notes": [],
     }
 
 
