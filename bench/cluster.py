@@ -13,13 +13,13 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
-from tessera import templates
+from tessera import roster, templates
 from tessera.demo.drills import execute_request, signed_template
 from tessera.demo.processes import Child, Processes
 from tessera.keys import SigningKey
@@ -95,6 +95,9 @@ class Cluster:
         # Each node's secret (made here, before the node starts, so the harness can
         # recompute a node's exact answers for the accuracy figures).
         self.secrets: dict[str, bytes] = {}
+        # Every node started so far, in the federation roster the approvers sign (the
+        # nodes take their peers' keys for secure aggregation from it).
+        self.roster_entries: dict[str, roster.Entry] = {}
 
     # -- parties -------------------------------------------------------------------
 
@@ -129,7 +132,10 @@ class Cluster:
     def _node_config(self, spec: NodeSpec) -> Path:
         base = self.root / "nodes" / spec.slug
         base.mkdir(parents=True, exist_ok=True)
-        SigningKey.generate().save(base / "node.key")
+        node_key = SigningKey.generate()
+        node_key.save(base / "node.key")
+        entry = roster.Entry(spec.organisation, node_key.public.key_id, spec.slug)
+        self.roster_entries[spec.organisation] = entry
         self.secrets[spec.slug] = secret.load_or_create(base / "state")
         tls = self.tls(spec.slug)
         cfg: dict[str, Any] = {
@@ -147,6 +153,7 @@ class Cluster:
             "datasets": {"health": {}},
             # The most a node allows (rho 1000: two thousand epsilon 1 answers).
             "privacy": {"delta": 1e-6, "lifetime_rho": BUDGET_RHO},
+            "secure_aggregation": {"roster": str(self.root / "roster.json")},
         }
         path = base / "node.toml"
         path.write_text(tomli_w.dumps(cfg))
@@ -155,6 +162,9 @@ class Cluster:
     def start_nodes(self, specs: Sequence[NodeSpec]) -> list[Child]:
         """Start the nodes in parallel; each is ready when it prints its port."""
         configs = [self._node_config(s) for s in specs]
+        doc = roster.make("bench", list(self.roster_entries.values()), datetime.now(UTC))
+        signers = [self.approvers[n] for n in APPROVERS[:2]]
+        roster.save(self.root / "roster.json", doc, [roster.sign(doc, k) for k in signers])
         with ThreadPoolExecutor(max_workers=max(len(specs), 1)) as pool:
             return list(
                 pool.map(

@@ -61,6 +61,15 @@ class AccountantConfig:
 
 
 @dataclass(frozen=True)
+class SecureAggregationConfig:
+    """`roster`: the federation roster (`tessera roster make|approve`), signed by k of
+    this node's trusted approvers. Secure aggregation takes the other nodes' identity
+    keys from it, never from the coordinator; without it the node refuses sessions."""
+
+    roster: Path | None = None
+
+
+@dataclass(frozen=True)
 class Policy:
     """One accountant's resolved limits."""
 
@@ -90,6 +99,7 @@ class NodeConfig:
     max_workers: int = 16
     # Where the data key comes from (node/vault.py); never the key itself.
     encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    secure_aggregation: SecureAggregationConfig = field(default_factory=SecureAggregationConfig)
 
     @property
     def trusted_approvers(self) -> dict[str, str]:

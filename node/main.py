@@ -19,6 +19,7 @@ from tessera.node import config as node_config
 from tessera.node import rekey, rollback, secret, vault
 from tessera.node.catalog import DatasetCatalog
 from tessera.node.ledger import Ledger, LedgerSchemaError
+from tessera.node.secagg_node import load_roster
 from tessera.node.service import NodeService
 from tessera.node.servicer import NodeServicer
 from tessera.tls import TlsFiles, peer_identity
@@ -82,6 +83,7 @@ def start(
     for warning in startup.expiry_warnings({"tls.cert": cfg.tls.cert, "tls.ca": cfg.tls.ca}):
         log.warning(warning, extra={"event": "certificate_expiry"})
     startup.require_files(where, {"signing_key": cfg.signing_key})
+    load_roster(cfg, where)  # a bad federation roster stops the start, naming the key
     service = build_service(cfg, clock or SystemClock())
     servicer = NodeServicer(service)
     metrics = observability.Metrics("node")

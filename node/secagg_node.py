@@ -4,7 +4,8 @@ The first message of a session (the SecAggSession) comes with the signed templat
 and request; the node authorises them exactly as for Execute (node/authorize.py, in
 secure-aggregation mode), checks that the session is the one the analyst signed for
 (id `{request_id}/secagg/{attempt}`, roster = the request's audience in sorted order,
-threshold = the template's), and records the session id durably in its ledger, so
+threshold = the template's, and every member's identity key = the one the federation
+roster gives for its organisation), and records the session id durably in its ledger, so
 no session is ever joined twice, not even after a restart.
 
 Only at the masked-input stage does it read data: it compiles and runs the query,
@@ -13,6 +14,11 @@ meets the template's ρ), pays that ρ through the ledger's one commit path (key
 the session id: a retry or another audience is a new session, with fresh noise and
 a fresh charge), draws the share with OpenDP, and only then lets the masked vector
 go. Every step is audited; a refusal costs nothing unless the spend was already paid.
+
+The other nodes' identity keys come from the federation roster named by the node's
+`[secure_aggregation] roster`, signed by k of the node's own trusted approvers and
+verified at start (load_roster), never from the coordinator: a coordinator that puts
+a key of its own in another node's place is refused before anything is read or paid.
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ from typing import Any
 
 import numpy as np
 
-from tessera import answers, approvals, canonical, requests, schemas
+from tessera import answers, approvals, canonical, requests, roster, schemas, startup
 from tessera.errors import Refusal
 from tessera.node import compiler, privacy
 from tessera.node.authorize import Authorized, authorize
+from tessera.node.config import NodeConfig
 from tessera.node.ledger import NewRelease, RequestRecord
 from tessera.node.service import NodeService
 from tessera.secagg.protocol import IntVector, Refused
@@ -41,6 +48,42 @@ from tessera.wire.v1 import secagg_pb2 as pb
 
 log = logging.getLogger("tessera.node")
 SESSION_ID = re.compile(r"^(?P<request>.+)/secagg/(?P<attempt>[1-9][0-9]{0,5})$")
+NO_ROSTER = (
+    "this node has no approver-signed federation roster; secure aggregation needs one "
+    "(docs/secure-aggregation.md)"
+)
+
+
+def load_roster(cfg: NodeConfig, where: str = "node config") -> dict[str, roster.Entry] | None:
+    """The federation roster of `[secure_aggregation] roster`, verified against the
+    node's own trusted approvers and threshold; None if none is configured. A bad
+    roster is a StartupError naming the config key."""
+    path = cfg.secure_aggregation.roster
+    if path is None:
+        return None
+    key = "secure_aggregation.roster"
+    startup.require_files(where, {key: path})
+    try:
+        doc, signed = roster.load(path)
+        entries = roster.verify(
+            doc,
+            signed,
+            list(cfg.trusted_approvers),
+            cfg.approvers.threshold,
+            identities=cfg.approvers.identities(),
+        )
+    except roster.RosterError as e:
+        raise startup.StartupError(
+            f"{where}: {key} = {path}: {e}\n"
+            "  fix: have k of the trusted approvers sign the roster (`tessera roster approve`)"
+        ) from None
+    mine = entries.get(cfg.organisation)
+    if mine is None:
+        raise startup.StartupError(
+            f"{where}: {key} = {path}: the roster does not list {cfg.organisation!r}\n"
+            "  fix: use the federation's current roster, or have one made that lists this node"
+        )
+    return entries
 
 
 @dataclass
@@ -78,6 +121,8 @@ class SecAggNode:
         self._by_context: dict[bytes, str] = {}
         self._lock = threading.Lock()
         self.sessions = NodeSessions(service.key, self._vector_for)
+        # Verified once at start (node/main.py checks it first, naming the config key).
+        self.roster = load_roster(service.cfg)
 
     def round(
         self,
@@ -154,6 +199,8 @@ class SecAggNode:
                 "INVALID_ARGUMENT",
                 "a session's first message must carry the signed template and request",
             )
+        if self.roster is None:
+            raise Refusal("FAILED_PRECONDITION", NO_ROSTER)
         cfg = self.service.cfg
         auth = authorize(
             cfg,
@@ -176,6 +223,21 @@ class SecAggNode:
         me = [p for p in s.participants if p.index == mine]
         if len(me) != 1 or me[0].node_key_id != self.service.key.public.key_id:
             raise Refusal("INVALID_ARGUMENT", "the roster does not place this node at its index")
+        if sorted(p.index for p in s.participants) != list(range(1, len(audience) + 1)):
+            raise Refusal("INVALID_ARGUMENT", "the session's roster is not indexed 1..n")
+        for p in s.participants:
+            org = audience[p.index - 1]
+            entry = self.roster.get(org)
+            if entry is None:
+                raise Refusal(
+                    "FAILED_PRECONDITION", f"{org!r} is not in this node's federation roster"
+                )
+            if p.node_key_id != entry.node_key:
+                raise Refusal(
+                    "PERMISSION_DENIED",
+                    f"the session's key for {org!r} is not the one in the federation roster "
+                    "signed by the approvers",
+                )
         version = self.service.catalog.latest(t.dataset)
         if version is None:
             raise Refusal("FAILED_PRECONDITION", f"no version of {t.dataset} has been loaded")

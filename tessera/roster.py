@@ -109,21 +109,24 @@ def verify(
     signed: Sequence[approvals.Approval],
     trusted_approvers: Sequence[str],
     threshold: int,
+    identities: Mapping[str, str] | None = None,
 ) -> dict[str, Entry]:
     """The roster's entries by organisation, if at least `threshold` distinct trusted
-    approvers signed it; otherwise RosterError."""
+    approvers signed it; otherwise RosterError. `identities` (key id to person, as
+    ApproversConfig.identities gives) counts two keys of one person once."""
     if threshold < 1:
         raise RosterError("the threshold must be at least 1")
     message = bytes.fromhex(digest(roster))
     trusted = {k: k for k in trusted_approvers}
-    good = 0
+    people: set[str] = set()
     for a in approvals.distinct_trusted(signed, trusted):
         if not keys.PublicKey.from_id(a.approver_key).verify(ROSTER_APPROVAL, message, a.signature):
             raise RosterError(
                 f"the roster approval by {a.approver_key[:20]}... does not verify "
                 "(was the roster changed after it was signed?)"
             )
-        good += 1
+        people.add(identities.get(a.approver_key, a.approver_key) if identities else a.approver_key)
+    good = len(people)
     if good < threshold:
         raise RosterError(
             f"the roster has {good} of the {threshold} trusted approver signatures required"

@@ -10,7 +10,7 @@ from typing import Any
 
 import tomli_w
 
-from tessera import schemas
+from tessera import roster, schemas
 from tessera.keys import SigningKey
 from tessera.node import vault
 from tessera.synth import RegionManifest, generate_region
@@ -89,6 +89,10 @@ def build(root: Path, *, scale: float, seed: int) -> Layout:
     keys = {name: _key(root, name) for name in (*APPROVERS, ANALYST)}
     trusted = [{"name": n, "key": keys[n].public.key_id} for n in APPROVERS]
     nodes = []
+    # The federation roster (node keys by organisation), signed below by two of the
+    # three approvers: each node takes its peers' keys for secure aggregation from it.
+    roster_path = root / "roster.json"
+    entries: list[roster.Entry] = []
     for org in region.organisations:
         base = root / "nodes" / org.slug
         site = NodeSite(
@@ -99,7 +103,9 @@ def build(root: Path, *, scale: float, seed: int) -> Layout:
             base / "data",
             base / "state",
         )
-        SigningKey.generate().save(base / "node.key")
+        node_key = SigningKey.generate()
+        node_key.save(base / "node.key")
+        entries.append(roster.Entry(org.name, node_key.public.key_id, org.slug))
         tls = TlsFiles.for_name(root / "certs", org.slug)
         cfg: dict[str, Any] = {
             "organisation": org.name,
@@ -125,8 +131,11 @@ def build(root: Path, *, scale: float, seed: int) -> Layout:
         # The node's data key (encryption at rest), beside its config, outside its folders.
         vault.write_key_file(base / DATA_KEY, vault.DataKey.generate())
         cfg["encryption"] = {"key_file": str(base / DATA_KEY)}
+        cfg["secure_aggregation"] = {"roster": str(roster_path)}
         site.config_path.write_text(tomli_w.dumps(cfg))
         nodes.append(site)
+    doc = roster.make("demo federation", entries, datetime.now(UTC))
+    roster.save(roster_path, doc, [roster.sign(doc, keys[n]) for n in APPROVERS[:THRESHOLD]])
     return Layout(root, region, nodes, root / "coordinator" / "coordinator.toml", keys)
 
 

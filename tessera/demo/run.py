@@ -95,7 +95,8 @@ def _run_in(root: Path, options: DemoOptions, console: Console) -> dict[str, Any
 
     layout = _step(
         console,
-        f"Certificates, keys and a synthetic region at scale {options.scale} "
+        f"Certificates, keys, a federation roster two approvers sign (the nodes' keys, "
+        f"for secure aggregation) and a synthetic region at scale {options.scale} "
         "(a scaled-down West Yorkshire; every person is made up)",
         lambda: federation.build(root, scale=options.scale, seed=options.seed),
     )

@@ -11,6 +11,7 @@ the contributor list the protocol reports."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from tessera.coordinator import secagg_run
 from tessera.keys import SigningKey
 from tessera.node import compiler, privacy
 from tessera.node.catalog import DatasetCatalog
+from tessera.node.config import SecureAggregationConfig
 from tessera.templates.model import Mode, Template, measure_sensitivities
 from tessera.wire.v1 import node_pb2_grpc
 from tessera.wire.v1 import secagg_pb2 as pb
@@ -41,7 +43,15 @@ class Five:
     def __init__(self, root: Path) -> None:
         self.fed = fedlib.make(root, node_names=list(ORGS))
         self.fed.node_keys.update({o: SigningKey.generate() for o in ORGS})
-        self.cfgs = {o: fs.big_budget_config(self.fed, o) for o in ORGS}
+        # Each node takes its peers' keys from the federation roster its approvers signed.
+        roster_path = self.fed.write_roster(ORGS)
+        self.cfgs = {
+            o: dataclasses.replace(
+                fs.big_budget_config(self.fed, o),
+                secure_aggregation=SecureAggregationConfig(roster_path),
+            )
+            for o in ORGS
+        }
         fedlib.ingest_council(self.fed, self.cfgs[ORGS[0]])
         for o in ORGS[1:]:
             shutil.copytree(self.cfgs[ORGS[0]].data_dir, self.cfgs[o].data_dir)

@@ -15,9 +15,12 @@ import numpy as np
 import pytest
 from grpc import aio
 
-from tessera import answers, requests, schemas, templates
+from tessera import answers, requests, schemas, startup, templates
 from tessera.coordinator import secagg_run
+from tessera.keys import SigningKey
 from tessera.node import compiler, privacy
+from tessera.node import main as node_main
+from tessera.node.secagg_node import NO_ROSTER
 from tessera.templates.model import Mode, Template, measure_sensitivities
 from tessera.wire.v1 import common_pb2, node_pb2, node_pb2_grpc
 from tessera.wire.v1 import secagg_pb2 as pb
@@ -82,14 +85,20 @@ async def _run(
     *,
     attempt: int = 1,
     orgs: tuple[str, ...] = region_lib.COUNCILS,
+    keys: dict[str, str] | None = None,
     **kw: Any,
 ) -> secagg_run.SecAggOutcome:
+    """`keys` (organisation -> key id) stands in for a coordinator that lies about
+    some nodes' identity keys in the session roster."""
+    keys = keys or {}
     creds = region.fed.tls("coordinator").load().channel_credentials()
     channels = {o: aio.secure_channel(f"localhost:{region.nodes[o].port}", creds) for o in orgs}
     try:
         members = [
             secagg_run.Member(
-                o, region.fed.key_of(o).public.key_id, node_pb2_grpc.NodeServiceStub(ch)
+                o,
+                keys.get(o, region.fed.key_of(o).public.key_id),
+                node_pb2_grpc.NodeServiceStub(ch),
             )
             for o, ch in channels.items()
         ]
@@ -259,3 +268,75 @@ def test_through_the_coordinator(region: region_lib.Region) -> None:
     with pytest.raises(Exception) as e:
         analyst.run_query(digest, P2, mode="combined")
     assert getattr(e.value, "code", "") == "FAILED_PRECONDITION"
+
+
+def _round_outcomes(region: region_lib.Region, org: str) -> list[dict[str, Any]]:
+    log = region.nodes[org].service.ledger.audit_log.export(1, 1000)
+    return [b for e in log if (b := json.loads(e.body)).get("method") == "ProtocolRound"]
+
+
+def test_a_coordinator_that_substitutes_a_node_key_is_refused(
+    region: region_lib.Region,
+) -> None:
+    """The coordinator puts a key of its own in Wakefield's place in the session roster
+    (to stand in the middle). The honest nodes check every member's key against the
+    federation roster their approvers signed, and refuse: nothing released or paid."""
+    t = _template(region)
+    st = fedlib.sign_template(t, region.fed.approvers[:2])
+    mitm = SigningKey.generate().public.key_id
+    out = asyncio.run(_run(region, st, _signed(region, st), t, keys={"Wakefield": mitm}))
+    assert out.aborted and out.total is None
+    assert out.contributors == ()
+    for honest in ("Bradford", "Leeds"):
+        assert "not the one in the federation roster" in out.reasons[honest], out.reasons
+        refused = [e for e in _round_outcomes(region, honest) if e["stage"] == "session"]
+        assert [e["outcome"] for e in refused] == ["PERMISSION_DENIED"]
+    for o in region_lib.COUNCILS:
+        assert _spent(region, o) == 0.0
+        assert not region.nodes[o].service.ledger.release_log()
+    # The honest coordinator's session, with the roster's keys, then runs and pays.
+    ok = asyncio.run(_run(region, st, _signed(region, st), t))
+    assert not ok.aborted and ok.total is not None, ok.reasons
+
+
+def test_a_node_without_a_federation_roster_refuses_secure_aggregation(
+    tmp_path: Path,
+) -> None:
+    r = region_lib.start_region(tmp_path, distinct_node_keys=True, with_roster=False)
+    try:
+        t = _template(r)
+        st = fedlib.sign_template(t, r.fed.approvers[:2])
+        out = asyncio.run(_run(r, st, _signed(r, st), t))
+        assert out.aborted and out.total is None
+        for o in region_lib.COUNCILS:
+            assert NO_ROSTER in out.reasons[o], out.reasons
+            assert _spent(r, o) == 0.0
+            outcomes = [e["outcome"] for e in _round_outcomes(r, o)]
+            assert outcomes == ["FAILED_PRECONDITION"]
+    finally:
+        r.stop()
+
+
+def test_a_bad_federation_roster_stops_the_node_at_start(region: region_lib.Region) -> None:
+    fed = region.fed
+    cfg = fedlib.node_config(fed, "Leeds", budgets=region_lib.BUDGETS)
+    one = fed.write_roster(region_lib.COUNCILS, signers=1, name="one-signature.json")
+    stranger = fed.write_roster(("Bradford", "Wakefield"), name="without-leeds.json")
+    tampered = fed.write_roster(region_lib.COUNCILS, name="tampered.json")
+    doc = json.loads(tampered.read_text())
+    doc["roster"]["nodes"][0]["node_key"] = SigningKey.generate().public.key_id
+    tampered.write_text(json.dumps(doc))
+    cases = {
+        one: "1 of the 2 trusted approver signatures",
+        stranger: "does not list 'Leeds'",
+        tampered: "does not verify",
+        fed.root / "missing.json": "no such file",
+    }
+    for path, why in cases.items():
+        bad = fedlib.node_config(fed, "Leeds", budgets=region_lib.BUDGETS, roster_path=path)
+        assert bad.secure_aggregation.roster == path and cfg.secure_aggregation.roster is None
+        with pytest.raises(startup.StartupError) as e:
+            node_main.start(bad, where="leeds.toml")
+        message = startup.explain(e.value) or ""
+        assert message.startswith("leeds.toml: secure_aggregation.roster = "), message
+        assert why in message and len(message.splitlines()) <= 2, message

@@ -119,10 +119,13 @@ def start_region(
     *,
     extra_nodes: dict[str, str] | None = None,
     distinct_node_keys: bool = False,
+    with_roster: bool = True,
     **coordinator_options: Any,
 ) -> Region:
     """Start the councils' nodes, then a coordinator routing to them (and to
-    `extra_nodes`, organisation -> host:port, which tests use for dead or hung nodes)."""
+    `extra_nodes`, organisation -> host:port, which tests use for dead or hung nodes).
+    With `with_roster`, every node gets the councils' federation roster (signed by two
+    approvers) for secure aggregation."""
     from tessera.node.main import start
 
     fed = fedlib.make(root, node_names=list(councils))
@@ -131,7 +134,11 @@ def start_region(
     issue_user_certs(fed, [ANALYST, *APPROVERS])
     nodes: dict[str, Any] = {}
     try:
-        cfgs = [fedlib.node_config(fed, org, budgets=BUDGETS) for org in councils]
+        roster_path = fed.write_roster(councils) if with_roster else None
+        cfgs = [
+            fedlib.node_config(fed, org, budgets=BUDGETS, roster_path=roster_path)
+            for org in councils
+        ]
         # Every council gets the same small files: ingest once, copy the versions.
         fedlib.ingest_council(fed, cfgs[0])
         for node_cfg in cfgs[1:]:

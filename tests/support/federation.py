@@ -14,10 +14,16 @@ from typing import Any
 
 import grpc
 
-from tessera import approvals, requests, schemas, templates
+from tessera import approvals, requests, roster, schemas, templates
 from tessera.config import ApproversConfig, TlsConfig, TrustedApprover
 from tessera.keys import SigningKey
-from tessera.node.config import ClientConfig, DatasetConfig, NodeConfig, PrivacyConfig
+from tessera.node.config import (
+    ClientConfig,
+    DatasetConfig,
+    NodeConfig,
+    PrivacyConfig,
+    SecureAggregationConfig,
+)
 from tessera.node.ingest import ingest_dataset
 from tessera.templates.model import Analyst, Mode, Template
 from tessera.tls import TlsFiles, make_federation
@@ -76,6 +82,26 @@ class Federation:
     def trust(self, organisations: Sequence[str]) -> dict[str, str]:
         """What an analyst's trust list says: each node's signing key id."""
         return {o: self.key_of(o).public.key_id for o in organisations}
+
+    def write_roster(
+        self,
+        organisations: Sequence[str],
+        *,
+        signers: int = 2,
+        keys: Mapping[str, str] | None = None,
+        name: str = "roster.json",
+    ) -> Path:
+        """A federation roster of these nodes' keys (or `keys`, organisation -> key id,
+        instead), signed by the first `signers` approvers, written to `name` under the
+        federation's folder; its path."""
+        keys = keys or {}
+        entries = [
+            roster.Entry(o, keys.get(o, self.key_of(o).public.key_id), o) for o in organisations
+        ]
+        doc = roster.make("test federation", entries, datetime.now(UTC))
+        path = self.root / name
+        roster.save(path, doc, [roster.sign(doc, k) for k in self.approvers[:signers]])
+        return path
 
     def tls(self, name: str) -> TlsFiles:
         return TlsFiles.for_name(self.root / "certs", name)
@@ -140,8 +166,10 @@ def node_config(
     budgets: Mapping[str, tuple[float | None, float | None]] | None = None,
     threshold: int = 2,
     privacy: PrivacyConfig | None = None,
+    roster_path: Path | None = None,
 ) -> NodeConfig:
-    """`budgets` names the hosted datasets. Budgets are per accountant now: unless
+    """`roster_path` is the federation roster for secure aggregation (write_roster).
+    `budgets` names the hosted datasets. Budgets are per accountant now: unless
     `privacy` is given, the node's lifetime cap is ρ = Σ ε²/2 + Σ ρ over `budgets`
     (what the old per-dataset figures allowed together), at most 1000."""
     base = fed.root / "nodes" / name
@@ -173,6 +201,7 @@ def node_config(
                 sum((e or 0.0) ** 2 / 2 + (r or 0.0) for e, r in budgets.values()), 1000.0
             ),
         ),
+        secure_aggregation=SecureAggregationConfig(roster_path),
     )
 
 
