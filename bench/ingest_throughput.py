@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tessera import schemas
 from tessera.node import vault
 from tessera.node.ingest import ingest_dataset
 from tessera.schemas import DATASETS
@@ -35,25 +36,8 @@ def write_files(folder: Path, rows: int, seed: int = 1) -> dict[str, list[Path]]
     episodes = folder / "episodes.csv"
     with header.open("w", newline="") as h, episodes.open("w", newline="") as e:
         hw, ew = csv.writer(h), csv.writer(e)
-        hw.writerow(["CHILD", "SEX", "DOB", "ETHNIC", "UPN", "MOTHER", "MC_DOB", "YEAR"])
-        ew.writerow(
-            [
-                "CHILD",
-                "DECOM",
-                "RNE",
-                "LS",
-                "CIN",
-                "PLACE",
-                "PLACE_PROVIDER",
-                "DEC",
-                "REC",
-                "REASON_PLACE_CHANGE",
-                "HOME_POST",
-                "PL_POST",
-                "URN",
-                "YEAR",
-            ]
-        )
+        hw.writerow([*schemas.column_names("ssda903", "header"), "YEAR"])
+        ew.writerow([*schemas.column_names("ssda903", "episodes"), "YEAR"])
         starts = rng.integers(0, 3000, size=rows)
         lengths = rng.integers(1, 700, size=rows)
         forms = rng.integers(0, 4, size=rows)

@@ -124,12 +124,7 @@ def serve_forever(
     ops = ops or observability.OpsOptions()
     observability.configure_logging(ops)
     coordinator = start(cfg, ops=ops, where=where)
-    ready: dict[str, object] = {"port": coordinator.port}
-    if coordinator.running.metrics_port is not None:
-        ready["metrics_port"] = coordinator.running.metrics_port
-    if coordinator.running.health_port is not None:
-        ready["health_port"] = coordinator.running.health_port
-    return serving.wait_for_signal(ready, coordinator.stop)
+    return serving.wait_for_signal(coordinator.running.ready(), coordinator.stop)
 
 
 if __name__ == "__main__":

@@ -156,12 +156,7 @@ def serve_forever(
     ops = ops or observability.OpsOptions()
     observability.configure_logging(ops)
     node = start(cfg, ops=ops, where=where)
-    ready: dict[str, object] = {"organisation": cfg.organisation, "port": node.port}
-    if node.running.metrics_port is not None:
-        ready["metrics_port"] = node.running.metrics_port
-    if node.running.health_port is not None:
-        ready["health_port"] = node.running.health_port
-    # Port 0 picks a free port: the ready line says which.
+    ready = node.running.ready(organisation=cfg.organisation)
     return serving.wait_for_signal(ready, node.stop)
 
 

@@ -480,5 +480,30 @@ DATASETS: Mapping[str, Dataset] = MappingProxyType(
 )
 
 
+# The flat CSV export many LAs make of the DfE CIN census (one row per referral, with
+# its child's identifiers and, where there is one, its child protection plan).
+CIN_CENSUS_FLAT_COLUMNS = (
+    "LAchildID",
+    "UPN",
+    "PersonBirthDate",
+    "GenderCurrent",
+    "CINreferralDate",
+    "ReferralSource",
+    "PrimaryNeedCode",
+    "CINclosureDate",
+    "ReferralNFA",
+    "CPPstartDate",
+    "CPPendDate",
+    "InitialCategoryOfAbuse",
+)
+
+
+def column_names(dataset_name: str, table_name: str) -> tuple[str, ...]:
+    """A table's column names in schema order (the order of the statutory files)."""
+    table = DATASETS[dataset_name].table(table_name)
+    assert table is not None, f"{dataset_name} has no table {table_name}"
+    return tuple(c.name for c in table.columns)
+
+
 def dataset(name: str) -> Dataset | None:
     return DATASETS.get(name)

@@ -44,6 +44,16 @@ class Running:
     def metrics_port(self) -> int | None:
         return self.ops.metrics_port
 
+    def ready(self, **fields: object) -> dict[str, object]:
+        """The ready line's fields: `fields`, the port, and the metrics and health
+        ports when they are served (port 0 picks a free port: the line says which)."""
+        out: dict[str, object] = {**fields, "port": self.port}
+        if self.metrics_port is not None:
+            out["metrics_port"] = self.metrics_port
+        if self.health_port is not None:
+            out["health_port"] = self.health_port
+        return out
+
     @property
     def health_port(self) -> int | None:
         return self.ops.health_port

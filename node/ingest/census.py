@@ -25,6 +25,8 @@ from xml.etree.ElementTree import Element
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, iterparse
 
+from tessera import schemas
+
 from .readers import FileProblem, MemoryTable, SourceFile
 from .validate import RETURN_YEAR, header_key
 
@@ -55,21 +57,7 @@ ABUSE_MAPPED: Final = "DfE category-of-abuse code read as the schema's (NEG as N
 _NFA_TRUE: Final = frozenset({"1", "1.0", "true", "y", "yes"})
 
 # Flat CSV columns (matched like any header: case and spaces ignored).
-_FLAT: Final = (
-    "LAchildID",
-    "UPN",
-    "PersonBirthDate",
-    "GenderCurrent",
-    "CINreferralDate",
-    "ReferralSource",
-    "PrimaryNeedCode",
-    "CINclosureDate",
-    "ReferralNFA",
-    "CPPstartDate",
-    "CPPendDate",
-    "InitialCategoryOfAbuse",
-    RETURN_YEAR,
-)
+_FLAT: Final = (*schemas.CIN_CENSUS_FLAT_COLUMNS, RETURN_YEAR)
 
 
 class _Split:

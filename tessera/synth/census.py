@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Final
 from xml.sax.saxutils import escape
 
+from tessera import schemas
 from tessera.synth.writer import Tables
 
 DFE_ABUSE: Final = {
@@ -24,20 +25,7 @@ DFE_ABUSE: Final = {
     "EMOTIONAL": "EMO",
     "MULTIPLE": "MUL",
 }
-FLAT_COLUMNS: Final = (
-    "LAchildID",
-    "UPN",
-    "PersonBirthDate",
-    "GenderCurrent",
-    "CINreferralDate",
-    "ReferralSource",
-    "PrimaryNeedCode",
-    "CINclosureDate",
-    "ReferralNFA",
-    "CPPstartDate",
-    "CPPendDate",
-    "InitialCategoryOfAbuse",
-)
+FLAT_COLUMNS: Final = schemas.CIN_CENSUS_FLAT_COLUMNS
 
 
 @dataclass

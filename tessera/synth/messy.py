@@ -23,25 +23,12 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Final
 
+from tessera import schemas
 from tessera.synth.rng import Generator
 from tessera.synth.writer import Columns, Tables
 
-HEADER_COLUMNS: Final = ("CHILD", "SEX", "DOB", "ETHNIC", "UPN", "MOTHER", "MC_DOB")
-EPISODE_COLUMNS: Final = (
-    "CHILD",
-    "DECOM",
-    "RNE",
-    "LS",
-    "CIN",
-    "PLACE",
-    "PLACE_PROVIDER",
-    "DEC",
-    "REC",
-    "REASON_PLACE_CHANGE",
-    "HOME_POST",
-    "PL_POST",
-    "URN",
-)
+HEADER_COLUMNS: Final = schemas.column_names("ssda903", "header")
+EPISODE_COLUMNS: Final = schemas.column_names("ssda903", "episodes")
 YEAR: Final = "YEAR"
 _EXCEL_EPOCH: Final = date(1899, 12, 30)
 _DATE_HEADER = ("DOB", "MC_DOB")

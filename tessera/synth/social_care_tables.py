@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from tessera import schemas
 from tessera.synth import calibration as cal
 from tessera.synth import nhs_number
 from tessera.synth.care_episodes import Episode
@@ -93,22 +94,8 @@ def build_tables(
     return _ssda903(rng, pop, members, ids, rec), cin
 
 
-_HEADER = ("CHILD", "SEX", "DOB", "ETHNIC", "UPN", "MOTHER", "MC_DOB")
-_EPISODES = (
-    "CHILD",
-    "DECOM",
-    "RNE",
-    "LS",
-    "CIN",
-    "PLACE",
-    "PLACE_PROVIDER",
-    "DEC",
-    "REC",
-    "REASON_PLACE_CHANGE",
-    "HOME_POST",
-    "PL_POST",
-    "URN",
-)
+_HEADER = schemas.column_names("ssda903", "header")
+_EPISODES = schemas.column_names("ssda903", "episodes")
 
 
 def _ssda903(
