@@ -5,8 +5,9 @@ The session id is `{request_id}/secagg/{attempt}`; the roster is the request's
 audience in sorted order (index 1..n), each with the node key the coordinator's
 Describe learnt (a node refuses a roster that does not place its own key at its
 index, or whose keys differ from the federation roster its approvers signed: the
-coordinator is not trusted for keys). The first message to each node carries the signed template and request, so
-the node authorises the session exactly as it would an Execute. The result is the
+coordinator is not trusted for keys). The first message to each node carries the
+signed template and request, so the node authorises the session exactly as it would
+an Execute. The result is the
 sum only, with the nodes that contributed, dropped (masks removed) or were excluded,
 each with its reason, and the contributors' signed statements.
 """
