@@ -7,12 +7,16 @@ import argparse
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
 
 from tessera.cli.output import add_json_arg, json_to_stdout, write_json
+
+if TYPE_CHECKING:  # the node's modules load only when a command needs them
+    from tessera.node.config import NodeConfig
+    from tessera.node.vault import DataKey
 
 
 def register(sub: Any) -> None:
@@ -187,13 +191,22 @@ def _keygen(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     return 0
 
 
+def _config_and_key(
+    args: argparse.Namespace, environ: Mapping[str, str]
+) -> tuple[NodeConfig, DataKey]:
+    """The node config named by --config and the data key its [encryption] names."""
+    from tessera.node import config, vault
+
+    cfg = config.load(args.config)
+    return cfg, vault.load_key(cfg.encryption, environ, str(args.config))
+
+
 def _backup(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from tessera.config import ConfigError
-    from tessera.node import backup, config, vault
+    from tessera.node import backup, vault
 
     try:
-        cfg = config.load(args.config)
-        key = vault.load_key(cfg.encryption, environ, str(args.config))
+        cfg, key = _config_and_key(args, environ)
         summary = backup.backup(cfg, args.out, key)
     except (ConfigError, vault.VaultError, backup.BackupError) as e:
         return _fail("backup", str(e))
@@ -207,11 +220,10 @@ def _backup(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def _restore(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from tessera.config import ConfigError
-    from tessera.node import backup, config, rollback, vault
+    from tessera.node import backup, rollback, vault
 
     try:
-        cfg = config.load(args.config)
-        key = vault.load_key(cfg.encryption, environ, str(args.config))
+        cfg, key = _config_and_key(args, environ)
         summary = backup.restore(cfg, args.archive, key)
     except (ConfigError, vault.VaultError, backup.BackupError, rollback.RollbackError) as e:
         return _fail("restore", str(e))
@@ -224,11 +236,10 @@ def _restore(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def _rotate_data_key(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from tessera.config import ConfigError
-    from tessera.node import config, rekey, vault
+    from tessera.node import rekey, vault
 
     try:
-        cfg = config.load(args.config)
-        old = vault.load_key(cfg.encryption, environ, str(args.config))
+        cfg, old = _config_and_key(args, environ)
         new = vault.load_key(vault.EncryptionConfig(key_file=args.new_key), {}, "--new-key")
         done = rekey.rotate(cfg, old, new)
     except (ConfigError, vault.VaultError) as e:
@@ -243,11 +254,10 @@ def _rotate_data_key(args: argparse.Namespace, environ: Mapping[str, str]) -> in
 
 def _seal_ledger(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from tessera.config import ConfigError
-    from tessera.node import config, rekey, vault
+    from tessera.node import rekey, vault
 
     try:
-        cfg = config.load(args.config)
-        key = vault.load_key(cfg.encryption, environ, str(args.config))
+        cfg, key = _config_and_key(args, environ)
         done = rekey.seal_plaintext_fields(cfg.state_dir / "ledger.sqlite", key)
     except (ConfigError, vault.VaultError) as e:
         return _fail("seal-ledger", str(e))
