@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from tessera import observability, serving, startup
 from tessera.clock import Clock, SystemClock
@@ -103,16 +101,8 @@ def _is_result(message: object) -> bool:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tessera coordinator serve")
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    observability.add_arguments(parser)
-    args = parser.parse_args(argv)
-    ops = observability.options_from(args)
-    return startup.run(
-        lambda: serve_forever(coordinator_config.load(args.config), ops, str(args.config)),
-        debug=args.debug,
-        prog="tessera coordinator serve",
+    return startup.serve_main(
+        "tessera coordinator serve", argv, coordinator_config.load, serve_forever
     )
 
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from prometheus_client.core import GaugeMetricFamily
 
@@ -135,17 +133,7 @@ def node_gauges(service: NodeService) -> list[GaugeMetricFamily]:
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tessera node serve")
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    observability.add_arguments(parser)
-    args = parser.parse_args(argv)
-    ops = observability.options_from(args)
-    return startup.run(
-        lambda: serve_forever(node_config.load(args.config), ops, str(args.config)),
-        debug=args.debug,
-        prog="tessera node serve",
-    )
+    return startup.serve_main("tessera node serve", argv, node_config.load, serve_forever)
 
 
 def serve_forever(

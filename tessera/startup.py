@@ -4,15 +4,18 @@ status 2. `--debug` shows the traceback instead."""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sqlite3
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from cryptography import x509
+
+C = TypeVar("C")
 
 EXIT_CONFIG = 2
 # Certificates that end sooner than this are warned of at start and in Describe.
@@ -125,6 +128,25 @@ def run(
         print(f"{prog}: error: {message}", file=out, flush=True)
         logging.getLogger("tessera.startup").debug("startup error", exc_info=True)
         return EXIT_CONFIG
+
+
+def serve_main(
+    prog: str,
+    argv: Sequence[str] | None,
+    load: Callable[[Path], C],
+    serve: Callable[[C, Any, str], int],
+) -> int:
+    """`python -m tessera.node.main` / `...coordinator.main`: read --config and the
+    ops options, then serve until signalled, a known mistake exiting 2 in short."""
+    from tessera import observability
+
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    observability.add_arguments(parser)
+    args = parser.parse_args(argv)
+    ops = observability.options_from(args)
+    return run(lambda: serve(load(args.config), ops, str(args.config)), debug=args.debug, prog=prog)
 
 
 def load_tls(where: str, cert: Path, key: Path, ca: Path) -> Any:
