@@ -10,9 +10,11 @@ Needs Debian's `chromium` (`.ci/run` installs it) and `websocket-client`;
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -129,7 +131,10 @@ def render(
     """Load `page` (a local file) and report its console errors and outside requests."""
     url = page.resolve().as_uri()
     out = Rendered(url)
-    with tempfile.TemporaryDirectory(prefix="tessera-chromium-") as tmp:
+    # Chromium's helper processes can still be writing the profile as the folder is
+    # removed; they are stopped with the browser's process group, and a file they leave
+    # is not the test's failure.
+    with tempfile.TemporaryDirectory(prefix="tessera-chromium-", ignore_cleanup_errors=True) as tmp:
         profile = Path(tmp) / "profile"
         log = Path(tmp) / "chromium.log"
         with log.open("wb") as log_file:
@@ -138,6 +143,7 @@ def render(
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         try:
             port = _wait_port(profile, proc, log, timeout)
@@ -168,13 +174,32 @@ def render(
             finally:
                 dev.close()
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop_group(proc)
     return out
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """Stop Chromium and every helper process it started (its own process group)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # Helpers outlive the main process by a moment: wait until the group is gone.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)  # polling for the helpers' exit, bounded by the deadline
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _collect(events: list[dict[str, Any]], out: Rendered) -> None:
