@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from bench import stats
+from bench import stats, venv
 from bench.cluster import Questions
 from bench.data import FIRST_DAY, Arrays
 from tessera.node import privacy
@@ -39,21 +37,8 @@ RUNNER = BENCH_DIR / "smartnoise_runner.py"
 
 
 def ensure_venv(log: Callable[[str], None]) -> tuple[Path, float]:
-    """SmartNoise's own virtualenv (built once, reused while its marker matches)."""
-    python = VENV / "bin" / "python"
-    marker = VENV / "bench-spec.txt"
-    if python.exists() and marker.exists() and marker.read_text() == SMARTNOISE_SPEC:
-        return python, 0.0
-    log(f"  building {VENV.relative_to(BENCH_DIR.parent)} with {SMARTNOISE_SPEC}")
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", SMARTNOISE_SPEC],
-        check=True,
-        timeout=1200,
-    )
-    marker.write_text(SMARTNOISE_SPEC)
-    return python, time.perf_counter() - start
+    """SmartNoise's own virtualenv (bench/venv.py)."""
+    return venv.ensure(VENV, SMARTNOISE_SPEC, log)
 
 
 def _dim_sql(d: Dimension) -> str:

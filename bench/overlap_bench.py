@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import venv
 from tessera.overlap.protocol import (
     COUNTER,
     Counter,
@@ -49,21 +50,8 @@ EPSILON = 1.0
 
 
 def ensure_venv(log: Callable[[str], None]) -> tuple[Path, float]:
-    """OpenMined PSI's own virtualenv (built once, reused while its marker matches)."""
-    python = VENV / "bin" / "python"
-    marker = VENV / "bench-spec.txt"
-    if python.exists() and marker.exists() and marker.read_text() == OPENMINED_SPEC:
-        return python, 0.0
-    log(f"  building {VENV.relative_to(BENCH_DIR.parent)} with {OPENMINED_SPEC}")
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", OPENMINED_SPEC],
-        check=True,
-        timeout=1200,
-    )
-    marker.write_text(OPENMINED_SPEC)
-    return python, time.perf_counter() - start
+    """OpenMined PSI's own virtualenv (bench/venv.py)."""
+    return venv.ensure(VENV, OPENMINED_SPEC, log)
 
 
 def bench_key(raw: str | None) -> str | None:
