@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from bench import venv
+from tessera.overlap import group
 from tessera.overlap.protocol import (
     COUNTER,
     Counter,
@@ -46,7 +47,13 @@ BENCH_DIR = Path(__file__).resolve().parent
 VENV = BENCH_DIR / ".venv-openmined-psi"
 RUNNER = BENCH_DIR / "openmined_psi_runner.py"
 FPR = 1e-9
+_LIBRARY = {group.OPENSSL: "OpenSSL (cryptography)", group.SODIUM: "libsodium (PyNaCl)"}
 EPSILON = 1.0
+
+
+def _threads_per_party(parties: int) -> int:
+    """The parties share this machine's cores, as separate nodes would not."""
+    return max(1, (os.cpu_count() or 1) // parties)
 
 
 def ensure_venv(log: Callable[[str], None]) -> tuple[Path, float]:
@@ -107,11 +114,18 @@ class _Noise:
 
 
 def _party_main(
-    conn: Connection, query: OverlapQuery, index: int, path: str, cats: list[int]
+    conn: Connection,
+    query: OverlapQuery,
+    index: int,
+    path: str,
+    cats: list[int],
+    blinding: tuple[str, int | None],
 ) -> None:
     """One party in a process of its own: commands and messages in, messages out.
     While it sends its own set it also serves what arrives, chunk by chunk."""
     from tessera.node import privacy  # OpenDP's import is not part of a query's time
+
+    group.configure(*blinding)
 
     privacy.overlap_dummies(EPSILON, 1)
     keys = Path(path).read_text(encoding="ascii").split()
@@ -189,14 +203,21 @@ class _Link:
 
 
 def run_tessera(
-    query: OverlapQuery, paths: Sequence[Path], cats: Sequence[list[int]]
+    query: OverlapQuery,
+    paths: Sequence[Path],
+    cats: Sequence[list[int]],
+    blinding: tuple[str, int | None] = (group.AUTO, None),
 ) -> dict[str, Any]:
-    """One query, one process per party; this process relays and counts."""
+    """One query, one process per party; this process relays and counts. Each party
+    blinds on its share of this machine's cores unless `blinding` says otherwise."""
+    if blinding[1] is None:
+        blinding = (blinding[0], _threads_per_party(query.n))
     ctx = mp.get_context("spawn")
     links, procs = [], []
     for i, path in enumerate(paths):
         here, there = ctx.Pipe()
-        p = ctx.Process(target=_party_main, args=(there, query, i, str(path), cats[i]))
+        args = (there, query, i, str(path), cats[i], blinding)
+        p = ctx.Process(target=_party_main, args=args)
         p.start()
         links.append(_Link(here))
         procs.append(p)
@@ -278,17 +299,33 @@ def run_openmined(python: Path, client: Path, server: Path, work: Path) -> dict[
 
 
 def run(
-    work: Path, log: Callable[[str], None], *, quick: bool = False, openmined: bool = True
+    work: Path,
+    log: Callable[[str], None],
+    *,
+    quick: bool = False,
+    openmined: bool = True,
+    four_agencies: bool = True,
+    blinding: tuple[str, int | None] = (group.AUTO, None),
 ) -> dict[str, Any]:
+    """`blinding` is each party's (backend, threads); None threads: its share of the cores."""
     small, large, four = (10**3, 10**4, 10**3) if quick else (10**5, 10**6, 10**5)
     common = small // 4
-    out: dict[str, Any] = {"epsilon": EPSILON, "notes": []}
+    threads = _threads_per_party(2) if blinding[1] is None else blinding[1]
+    backend = blinding[0]
+    if backend == group.AUTO:  # what group.blind_packed picks for a whole chunk
+        backend = group.OPENSSL if threads == 1 else group.SODIUM
+    out: dict[str, Any] = {
+        "epsilon": EPSILON,
+        "blinding": {"backend": backend, "threads_per_party": threads},
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "notes": [],
+    }
 
     log(f"  two agencies: {small:,} x {large:,}")
     paths, _ = make_sets(work, (small, large), common, seed=13)
     truth = common + common  # the shared block and the chain block between the two
     q2 = OverlapQuery(os.urandom(16), ("a", "b"), ("all",), Kind.ALL, 0, epsilon=EPSILON)
-    two = run_tessera(q2, paths, [[0] * small, [0] * large])
+    two = run_tessera(q2, paths, [[0] * small, [0] * large], blinding)
     two["sizes"] = [small, large]
     two["true_cardinality"] = truth
     out["two"] = two
@@ -310,6 +347,8 @@ def run(
             )
         except Exception as e:  # no venv (no network) or a failed run: say so, keep the rest
             out["notes"].append(f"OpenMined PSI skipped: {type(e).__name__}: {e}")
+    if not four_agencies:
+        return out
     log(f"  four agencies: 4 x {four:,}, at least 3 of 4, by 5 categories")
     paths4, cats4 = make_sets(work, (four,) * 4, four // 4, seed=14)
     q4 = OverlapQuery(
@@ -321,13 +360,14 @@ def run(
         k=3,
         epsilon=EPSILON,
     )
-    four_r = run_tessera(q4, paths4, cats4)
+    four_r = run_tessera(q4, paths4, cats4, blinding)
     four_r["sizes"] = [four] * 4
     out["four"] = four_r
     log(f"  tessera, four agencies: {four_r['seconds']} s")
     out["notes"].append(
         "Tessera: one process per party (as at separate nodes) on this machine's "
-        f"{os.cpu_count()} cores, X25519 blinding via cryptography, DP dummies on; OpenMined "
+        f"{os.cpu_count()} cores, X25519 blinding via {_LIBRARY[backend]} on {threads} "
+        "thread(s) per party, DP dummies on; OpenMined "
         "PSI: client and server in one process, P-256, GCS setup at fpr 1e-9, cardinality "
         "only; both include serialising every message"
     )
@@ -338,6 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.overlap_bench", description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-openmined", action="store_true")
+    parser.add_argument("--no-four", action="store_true", help="skip the four-agency run")
+    parser.add_argument("--backend", choices=group.BACKENDS, default=group.AUTO)
+    parser.add_argument("--threads", type=int, help="per party (default: its share of the cores)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="tessera-overlap-") as tmp:
         result = run(
@@ -345,6 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             lambda s: print(s, file=sys.stderr, flush=True),
             quick=args.quick,
             openmined=not args.no_openmined,
+            four_agencies=not args.no_four,
+            blinding=(args.backend, args.threads),
         )
     print(json.dumps(result, indent=2))
     return 0

@@ -31,6 +31,7 @@ _MODES = {
     Mode.COMBINED: common_pb2.MODE_COMBINED,
     Mode.PER_NODE: common_pb2.MODE_PER_NODE,
     Mode.SECURE_AGGREGATION: common_pb2.MODE_SECURE_AGGREGATION,
+    Mode.OVERLAP: common_pb2.MODE_OVERLAP,
 }
 _MODES_BACK = {v: k for k, v in _MODES.items()}
 

@@ -9,12 +9,12 @@ already run returns the stored result: nothing is fanned out, nothing spent twic
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 from tessera import answers, canonical, requests, templates
 from tessera.clock import isoformat
-from tessera.coordinator import combine, convert, secagg_run
+from tessera.coordinator import combine, convert, overlap_run, secagg_run
 from tessera.coordinator.config import Person
 from tessera.coordinator.fanout import Target
 from tessera.coordinator.model import (
@@ -152,8 +152,37 @@ class Queries:
             templates.bind(t, request.params)
         except templates.ParamError as e:
             raise Refusal("INVALID_ARGUMENT", str(e)) from None
+        if request.mode is Mode.OVERLAP or t.overlap is not None:
+            targets, unrouted = self._route_overlap(t, request)
+            return _Run(person, identity, signed, request, rec, t, targets, unrouted)
         targets, unrouted = self._route(t.dataset, request.audience)
         return _Run(person, identity, signed, request, rec, t, targets, unrouted)
+
+    def _route_overlap(
+        self, t: Template, request: requests.QueryRequest
+    ) -> tuple[tuple[Target, ...], tuple[Outcome[NodeAnswer], ...]]:
+        """Party i is the i-th organisation of the signed audience, hosting dataset i."""
+        if t.overlap is None or request.mode is not Mode.OVERLAP:
+            raise Refusal(
+                "FAILED_PRECONDITION",
+                "an overlap template is answered only in overlap mode"
+                if t.overlap is not None
+                else "the template is not an overlap template",
+            )
+        names = [d.dataset for d in t.overlap.datasets]
+        if len(request.audience) != len(names) or len(set(request.audience)) != len(names):
+            raise Refusal(
+                "INVALID_ARGUMENT",
+                f"an overlap request names one distinct organisation per dataset "
+                f"({', '.join(names)}), in that order",
+            )
+        targets: list[Target] = []
+        unrouted: list[Outcome[NodeAnswer]] = []
+        for org, dataset in zip(request.audience, names, strict=True):
+            routed, missing = self._route(dataset, [org])
+            targets += routed
+            unrouted += missing
+        return tuple(targets), tuple(unrouted)
 
     def _route(
         self, dataset: str, audience: Sequence[str]
@@ -212,6 +241,9 @@ class Queries:
         if run.request.mode is Mode.SECURE_AGGREGATION:
             yield from self._stream_secagg(run)
             return
+        if run.request.mode is Mode.OVERLAP:
+            yield from self._stream_protocol(run, overlap_run.run_for_query)
+            return
         total = len(run.targets) + len(run.unrouted)
         outcomes: list[Outcome[NodeAnswer]] = list(run.unrouted)
         pending = self.s.fanout.execute(
@@ -241,8 +273,14 @@ class Queries:
 
     def _stream_secagg(self, run: _Run) -> Generator[QueryEvent, None, None]:
         """Secure aggregation (tessera.coordinator.secagg_run): one session, the sum only."""
+        yield from self._stream_protocol(run, secagg_run.run_for_query)
+
+    def _stream_protocol(
+        self, run: _Run, run_for_query: Callable[..., QueryResult]
+    ) -> Generator[QueryEvent, None, None]:
+        """A ProtocolRound session (secure aggregation, overlap): one result, stored."""
         r = run.request
-        result = secagg_run.run_for_query(
+        result = run_for_query(
             self.s.fanout,
             run.targets,
             [o.organisation for o in run.unrouted],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,11 @@ from tessera.audit import AuditLog
 from tessera.clock import Clock
 from tessera.coordinator import convert
 from tessera.coordinator.model import QueryRecord, QueryResult, TemplateRecord
+from tessera.group_commit import GroupCommit, Slot
 from tessera.keys import SigningKey
+
+# One grouped write: its statements, given the connection inside the shared transaction.
+_Work = Callable[[sqlite3.Connection], Any]
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS templates (
@@ -79,6 +83,9 @@ class Store:
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA busy_timeout=5000")
         self._lock = threading.Lock()
+        self._group: GroupCommit[tuple[_Work, dict[str, Any]], bool] = GroupCommit(
+            self._lock, self._run_batch
+        )
         self._threshold = threshold
         try:
             # Sets WAL and synchronous=FULL on the connection.
@@ -107,6 +114,52 @@ class Store:
                 raise
             if audit is not None:
                 self.audit_log.write_head()
+
+    def _grouped(self, work: _Work, audit: dict[str, Any]) -> None:
+        """Like `_tx`, for the writes every query makes (its start and its result):
+        concurrent ones share one transaction, one fsync and one head write
+        (tessera/group_commit.py); each caller returns once its own is committed."""
+        self._group.submit((work, audit))
+
+    def _run_batch(self, slots: Sequence[Slot[tuple[_Work, dict[str, Any]], bool]]) -> None:
+        todo = list(slots)
+        while todo:
+            done: list[Slot[tuple[_Work, dict[str, Any]], bool]] = []
+            failed: tuple[Slot[tuple[_Work, dict[str, Any]], bool], BaseException] | None = None
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for slot in todo:
+                    work, audit = slot.job
+                    self._conn.execute("SAVEPOINT job")
+                    try:
+                        work(self._conn)
+                        self.audit_log.append_tx(audit)
+                    except sqlite3.IntegrityError:
+                        self._conn.execute("ROLLBACK TO job")
+                        slot.finish(error=Conflict())
+                    except BaseException as e:
+                        failed = (slot, e)
+                        break
+                    else:
+                        done.append(slot)
+                    self._conn.execute("RELEASE job")
+                if failed is None:
+                    self._conn.commit()
+                else:
+                    self._conn.rollback()
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.rollback()
+                raise
+            if failed is not None:  # it fails alone; the others run again without it
+                failed[0].finish(error=failed[1])
+                todo = [s for s in todo if s is not failed[0] and not s.done]
+                continue
+            if done:
+                self.audit_log.write_head()
+            for slot in done:
+                slot.finish(True)
+            return
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -216,7 +269,8 @@ class Store:
 
     def begin_query(self, q: QueryRecord, audit: dict[str, Any] | None = None) -> None:
         """Record a query as running. Raises Conflict if the id is already there."""
-        with self._tx(audit) as conn:
+
+        def work(conn: sqlite3.Connection) -> None:
             conn.execute(
                 f"INSERT INTO queries ({_QUERY_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
                 (
@@ -230,14 +284,23 @@ class Store:
                 ),
             )
 
+        if audit is None:
+            with self._tx(None) as conn:
+                work(conn)
+        else:
+            self._grouped(work, audit)
+
     def finish_query(
         self, query_id: str, state: str, result: QueryResult, audit: dict[str, Any]
     ) -> None:
-        with self._tx(audit) as conn:
-            conn.execute(
+        encoded = convert.encode_result(result)
+        self._grouped(
+            lambda conn: conn.execute(
                 "UPDATE queries SET state = ?, result = ? WHERE query_id = ?",
-                (state, convert.encode_result(result), query_id),
-            )
+                (state, encoded, query_id),
+            ),
+            audit,
+        )
 
     def query(self, query_id: str) -> QueryRecord | None:
         rows = self._read(f"SELECT {_QUERY_COLS} FROM queries WHERE query_id = ?", (query_id,))

@@ -13,7 +13,7 @@ from datetime import datetime
 from tessera import approvals, requests, templates
 from tessera.errors import Refusal
 from tessera.node.config import NodeConfig
-from tessera.templates.model import Mode, ParamValue, Template
+from tessera.templates.model import Mode, OverlapSpec, ParamValue, Template
 
 # What each client role may call. An operator may also read the audit log.
 ROLE_METHODS = {
@@ -56,9 +56,11 @@ def authorize(
     now: datetime,
     *,
     secure_aggregation: bool = False,
+    overlap: bool = False,
 ) -> Authorized:
-    """`secure_aggregation`: the call is a ProtocolRound session (tessera.node.secagg_node),
-    the only way a secure-aggregation request is answered."""
+    """`secure_aggregation` / `overlap`: the call is a ProtocolRound session
+    (tessera.node.secagg_node, tessera.node.overlap_node), the only way a request in
+    that mode is answered."""
     try:
         request = requests.verify(signed)
     except requests.RequestError as e:
@@ -107,7 +109,9 @@ def authorize(
             "PERMISSION_DENIED",
             "the template's approvers fixed its audience: ask exactly " + ", ".join(participants),
         )
-    if template.dataset not in cfg.datasets:
+    if request.mode is Mode.OVERLAP or overlap or _overlap_spec(template) is not None:
+        _check_overlap(cfg, template, request, overlap)
+    elif template.dataset not in cfg.datasets:
         raise Refusal("FAILED_PRECONDITION", f"this node does not host {template.dataset}")
     if template.purpose not in cfg.accepted_purposes:
         raise Refusal(
@@ -142,3 +146,47 @@ def authorize(
     except templates.ParamError as e:
         raise Refusal("INVALID_ARGUMENT", str(e)) from None
     return Authorized(template, digest, request, params, approvers)
+
+
+def _overlap_spec(template: Template) -> OverlapSpec | None:
+    return template.overlap
+
+
+def overlap_party(cfg: NodeConfig, template: Template, request: requests.QueryRequest) -> int:
+    """This node's party index: its place in the audience, which the analyst signed in
+    the template's dataset order."""
+    return request.audience.index(cfg.organisation)
+
+
+def _check_overlap(
+    cfg: NodeConfig, template: Template, request: requests.QueryRequest, overlap: bool
+) -> None:
+    spec = _overlap_spec(template)
+    if request.mode is not Mode.OVERLAP:
+        if spec is not None:
+            raise Refusal(
+                "FAILED_PRECONDITION", "an overlap template is answered only in overlap mode"
+            )
+        raise Refusal("INVALID_ARGUMENT", "the analyst did not sign this request for overlap")
+    if not overlap:
+        raise Refusal(
+            "FAILED_PRECONDITION",
+            "an overlap request is answered through ProtocolRound, not Execute",
+        )
+    if spec is None:
+        raise Refusal("FAILED_PRECONDITION", "the template is not an overlap template")
+    names = [d.dataset for d in spec.datasets]
+    audience = request.audience
+    if len(audience) != len(names) or len(set(audience)) != len(audience):
+        raise Refusal(
+            "INVALID_ARGUMENT",
+            f"an overlap request names one distinct organisation per dataset ({len(names)}), "
+            "in the template's dataset order",
+        )
+    index = overlap_party(cfg, template, request)
+    if names[index] not in cfg.datasets:
+        raise Refusal(
+            "FAILED_PRECONDITION",
+            f"the request places this node as party {index + 1} ({names[index]}), "
+            "which it does not host",
+        )

@@ -26,6 +26,8 @@ from types import TracebackType
 import duckdb
 
 from tessera.node import storage, vault
+from tessera.node.compiler import order_words
+from tessera.node.engine import frame as frames
 from tessera.node.ingest.manifest import (
     DATASET_NAME,
     VERSION_FILE,
@@ -66,6 +68,10 @@ class DatasetCatalog:
         self._known: dict[tuple[str, int], DatasetVersion] = {}
         self._warned: set[Path] = set()
         self._connections: dict[tuple[str, int], duckdb.DuckDBPyConnection] = {}
+        # The engine's frames, per (dataset, version, source, order words); None: that
+        # source cannot be framed. In memory only: a frame's order depends on the secret.
+        self._frames: dict[tuple[str, int, str, int, int], frames.Frame | None] = {}
+        self._frame_loading: dict[tuple[str, int, str], threading.Lock] = {}
         self._closed = False
 
     def datasets(self) -> list[str]:
@@ -134,11 +140,33 @@ class DatasetCatalog:
                     del self._connections[old]
             return con
 
+    def frame(self, version: DatasetVersion, source: str, order_key: bytes) -> frames.Frame | None:
+        """The engine's frame of one source of ``version`` (built on first use, shared)."""
+        key = (version.name, version.version, source, *order_words(order_key))
+        with self._lock:
+            if key in self._frames:
+                return self._frames[key]
+            loading = self._frame_loading.setdefault(key[:3], threading.Lock())
+        with loading:
+            with self._lock:
+                if key in self._frames:
+                    return self._frames[key]
+            built = frames.build(self.connect(version), version.name, source, order_key)
+            with self._lock:
+                if self._closed:
+                    raise RuntimeError("catalog is closed")
+                self._frames[key] = built
+                # As for connections: a newer version's frames supersede older ones.
+                for old in [k for k in self._frames if k[0] == key[0] and k[1] < key[1]]:
+                    del self._frames[old]
+            return built
+
     def close(self) -> None:
         with self._lock:
             self._closed = True
             connections = list(self._connections.values())
             self._connections.clear()
+            self._frames.clear()
         for con in connections:
             con.close()
 

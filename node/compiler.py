@@ -205,25 +205,14 @@ class _Builder:
         )
 
 
-def compile_query(
-    template: Template,
-    values: dict[str, ParamValue],
-    *,
-    exclude_opted_out: bool,
-    order_key: bytes,
-) -> CompiledQuery:
-    ds = schemas.dataset(template.dataset)
-    assert ds is not None
-    source = ds.sources[template.source]
+def rank_expr(b: _Builder, order_key: bytes) -> str:
+    """Each source row's keyed rank (the module docstring); binds the two key words."""
     k1, k2 = order_words(order_key)
-    b = _Builder(values)
-    stat = template.statistic
-    unit = _q(source.unit)
+    return f"hash(xor(hash(xor(hash(src), {b.bind(k1)}::UBIGINT)), {b.bind(k2)}::UBIGINT))"
 
-    # Parameters bind in the order they are built, which must be their order in the SQL
-    # text: the rank, the cell, the clamped value, then the WHERE clause.
-    rank = f"hash(xor(hash(xor(hash(src), {b.bind(k1)}::UBIGINT)), {b.bind(k2)}::UBIGINT)) AS r"
-    # Row-major flat cell index; NULL when any dimension is outside the domain.
+
+def cell_expr(b: _Builder, template: Template) -> str:
+    """Row-major flat cell index; NULL when any dimension is outside the domain."""
     strides = []
     acc = 1
     for n in reversed(template.shape):
@@ -231,7 +220,55 @@ def compile_query(
         acc *= n
     strides.reverse()
     parts = [f"({b.dimension(d)}) * {s}" for d, s in zip(template.group_by, strides, strict=True)]
-    cell = " + ".join(parts) if parts else "0"
+    return " + ".join(parts) if parts else "0"
+
+
+def opt_out_clause(ds: schemas.Dataset, source: schemas.Source) -> str:
+    """Per person: one opted-out record, or one whose status is unknown, leaves the
+    unit out entirely, whatever the template's filters. (The source is written out
+    again rather than named: a second reference to `src` would make DuckDB
+    materialise it, every column of every row.)"""
+    assert ds.opt_out_column is not None
+    unit = _q(source.unit)
+    return (
+        f"{unit} NOT IN (SELECT {unit} FROM ({source.sql}) WHERE {unit} IS NOT NULL "
+        f"AND coalesce({_q(ds.opt_out_column)}, TRUE))"
+    )
+
+
+def unit_order(choose: Choice | None) -> str:
+    """The order in which a unit's records decide its cells (lower first), over the
+    columns `k` (keyed order with the cell in its low bits) and `b` (the `by` date)."""
+    if choose is None:
+        return "k"
+    # Dated records first (latest or earliest first), then undated ones; the day is
+    # never NULL, so ties always fall through to `k`.
+    sign = "-" if choose is Choice.LATEST else ""
+    day = f"coalesce({sign}(b - DATE '1970-01-01'), 0)"
+    return f"{{'missing': b IS NULL, 'day': {day}, 'k': k}}"
+
+
+def compile_query(
+    template: Template,
+    values: dict[str, ParamValue],
+    *,
+    exclude_opted_out: bool,
+    order_key: bytes,
+) -> CompiledQuery:
+    if template.statistic.kind is StatisticKind.OVERLAP_COUNT:
+        # Overlaps run through the protocol (node/overlap_source.py selects the units).
+        raise ValueError("an overlap template is not compiled to a count")
+    ds = schemas.dataset(template.dataset)
+    assert ds is not None
+    source = ds.sources[template.source]
+    b = _Builder(values)
+    stat = template.statistic
+    unit = _q(source.unit)
+
+    # Parameters bind in the order they are built, which must be their order in the SQL
+    # text: the rank, the cell, the clamped value, then the WHERE clause.
+    rank = f"{rank_expr(b, order_key)} AS r"
+    cell = cell_expr(b, template)
 
     cell_sql = f"({cell}) AS cell"
     value = ""
@@ -247,14 +284,7 @@ def compile_query(
     where = [b.filter(f) for f in template.filters]
     where.append(f"{unit} IS NOT NULL")
     if exclude_opted_out and ds.opt_out_column is not None:
-        # Per person: one opted-out record, or one whose status is unknown, leaves the
-        # unit out entirely, whatever the template's filters. (The source is written
-        # out again rather than named: a second reference to `src` would make DuckDB
-        # materialise it, every column of every row.)
-        where.append(
-            f"{unit} NOT IN (SELECT {unit} FROM ({source.sql}) WHERE {unit} IS NOT NULL "
-            f"AND coalesce({_q(ds.opt_out_column)}, TRUE))"
-        )
+        where.append(opt_out_clause(ds, source))
     where.extend(value_present)
     prefix = (
         f"WITH src AS ({source.sql}), "
@@ -268,16 +298,8 @@ def compile_query(
     per_unit = "PARTITION BY hash(u), u"
     if stat.kind is StatisticKind.COUNT_UNITS:
         measures: tuple[str, ...] = ("count",)
-        # The order in which a unit's records decide its cells; lower comes first.
         # `k` is distinct between cells of a unit, so no two cells tie.
-        if stat.choose is None:
-            order = "k"
-        else:
-            # Dated records first (latest or earliest first), then undated ones; the
-            # day is never NULL, so ties always fall through to `k`.
-            sign = "-" if stat.choose is Choice.LATEST else ""
-            day = f"coalesce({sign}(b - DATE '1970-01-01'), 0)"
-            order = f"{{'missing': b IS NULL, 'day': {day}, 'k': k}}"
+        order = unit_order(stat.choose)
         if stat.max_cells_per_unit == 1 and stat.choose is None:
             # The lowest key's low bits are its cell: a plain min, no arg_min needed.
             mask = (1 << _CELL_BITS) - 1

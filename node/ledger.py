@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +26,7 @@ from tessera.audit import AuditLog, AuditRecord
 from tessera.canonical import sha256_hex
 from tessera.clock import Clock, isoformat, parse_iso
 from tessera.errors import Refusal
+from tessera.group_commit import GroupCommit, Slot
 from tessera.keys import SigningKey
 from tessera.node import privacy
 from tessera.node.config import Policy
@@ -147,6 +148,17 @@ class AccountantSpend:
 
 
 @dataclass(frozen=True)
+class _Job:
+    """One caller's commit, as queued for the group commit."""
+
+    req: RequestRecord
+    answer_key: str
+    release: NewRelease | None
+    policy: Policy | None
+    audit_body: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Committed:
     payload: bytes
     charged: float
@@ -177,6 +189,7 @@ class Ledger:
         private_file(path)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
+        self._group: GroupCommit[_Job, Committed] = GroupCommit(self._lock, self._run_batch)
         self._clock = clock
         self._on_paid = on_paid
         self.audit_log = AuditLog.on_connection(self._conn, self._lock, key, clock)
@@ -317,6 +330,16 @@ class Ledger:
             ).fetchone()
         return None if row is None else self._sealer.open_payload(answer_key, row[0])
 
+    def has_answer(self, answer_key: str) -> bool:
+        """Whether an answer is stored, without opening it (the commit opens it)."""
+        with self._lock:
+            return (
+                self._conn.execute(
+                    "SELECT 1 FROM releases WHERE answer_key = ?", (answer_key,)
+                ).fetchone()
+                is not None
+            )
+
     def seen(self, req: RequestRecord) -> str | None:
         """Refuse a replay early; return the answer key of an identical retry."""
         with self._lock:
@@ -368,16 +391,54 @@ class Ledger:
         was already paid for costs nothing, so its request record and audit entry
         commit with synchronous=NORMAL: safe against a process crash, and only a power
         failure could lose them. The next fsynced commit makes them durable and moves
-        the signed audit head past them."""
-        free = release is None
-        with self._lock:
+        the signed audit head past them.
+
+        Concurrent callers share one transaction and one fsync (`_run_batch`); each
+        returns only after the commit covering its own entry."""
+        result = self._group.submit(_Job(req, answer_key, release, policy, audit_body))
+        if release is None:
+            # A free answer leaves only once a signed head covers its entry too; waiting
+            # committers share one head write.
+            self.audit_log.ensure_head(result.audit.seq)
+        return result
+
+    def _run_batch(self, slots: Sequence[Slot[_Job, Committed]]) -> None:
+        """Group commit (tessera/group_commit.py), under the lock: every job queued together
+        in ONE transaction, each in a savepoint, its budget checked against the totals
+        the jobs before it left, so concurrent answers never overspend. A job refused
+        (a replay, a spent budget) rolls back alone; a job that fails otherwise is taken
+        out and the rest run again. One commit then makes them all durable: fsynced
+        if any job pays (synchronous=FULL), else NORMAL, as for a single free answer."""
+        todo = list(slots)
+        while todo:
+            free = all(s.job.release is None for s in todo)
+            done: list[tuple[Slot[_Job, Committed], Committed | Refusal]] = []
+            failed: tuple[Slot[_Job, Committed], BaseException] | None = None
             if free:
                 self._conn.execute("PRAGMA synchronous=NORMAL")
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
-                    result = self._commit_locked(req, answer_key, release, policy, audit_body)
-                    self._conn.commit()
+                    for slot in todo:
+                        j = slot.job
+                        self._conn.execute("SAVEPOINT job")
+                        try:
+                            got = self._commit_locked(
+                                j.req, j.answer_key, j.release, j.policy, j.audit_body
+                            )
+                        except Refusal as r:
+                            self._conn.execute("ROLLBACK TO job")
+                            done.append((slot, r))
+                        except BaseException as e:
+                            failed = (slot, e)
+                            break
+                        else:
+                            done.append((slot, got))
+                        self._conn.execute("RELEASE job")
+                    if failed is None:
+                        self._conn.commit()
+                    elif self._conn.in_transaction:
+                        self._conn.rollback()
                 except BaseException:
                     if self._conn.in_transaction:
                         self._conn.rollback()
@@ -385,16 +446,37 @@ class Ledger:
             finally:
                 if free:
                     self._conn.execute("PRAGMA synchronous=FULL")
-            if not free:
+            if failed is not None:
+                failed[0].finish(error=failed[1])
+                todo = [s for s in todo if s is not failed[0]]
+                continue
+            self._after_commit(done, free)
+            return
+
+    def _after_commit(
+        self, done: list[tuple[Slot[_Job, Committed], Committed | Refusal]], free: bool
+    ) -> None:
+        """Publish a committed batch: one durable head and one watermark for all its
+        paid answers, then release every caller."""
+        error: OSError | None = None
+        if not free:
+            try:
                 self.audit_log.write_head()
-                if result.charged > 0 and self._on_paid is not None:
+                paid = [c for _, c in done if isinstance(c, Committed) and c.charged > 0]
+                if paid and self._on_paid is not None:
                     # After the fsynced commit: the watermark never runs ahead of the ledger.
-                    self._on_paid(result.audit.seq, result.audit.hash, self._lifetime_locked())
-        if free:
-            # A free answer leaves only once a signed head covers its entry too; waiting
-            # committers share one head write (group commit).
-            self.audit_log.ensure_head(result.audit.seq)
-        return result
+                    last = max(paid, key=lambda c: c.audit.seq)
+                    self._on_paid(last.audit.seq, last.audit.hash, self._lifetime_locked())
+            except OSError as e:
+                # Committed, but the head or watermark lags: tell those who asked to pay.
+                error = e
+        for slot, outcome in done:
+            if isinstance(outcome, Refusal):
+                slot.finish(error=outcome)
+            elif error is not None and slot.job.release is not None:
+                slot.finish(error=error)
+            else:
+                slot.finish(outcome)
 
     def _check_replay(self, req: RequestRecord) -> str | None:
         row = self._conn.execute(

@@ -35,7 +35,7 @@ import numpy as np
 
 from tessera import answers, approvals, canonical, requests, roster, schemas, startup
 from tessera.errors import Refusal
-from tessera.node import compiler, privacy
+from tessera.node import compiler, engine, privacy
 from tessera.node.authorize import Authorized, authorize
 from tessera.node.config import NodeConfig
 from tessera.node.ledger import NewRelease, RequestRecord
@@ -285,14 +285,9 @@ class SecAggNode:
         if version is None:
             raise Refused(f"no version of {t.dataset} has been loaded")
         exclude = t.purpose != schemas.DIRECT_CARE
-        query = compiler.compile_query(
-            t, auth.params, exclude_opted_out=exclude, order_key=svc.secret
+        exact = engine.answer(
+            svc.catalog, version, t, auth.params, exclude_opted_out=exclude, order_key=svc.secret
         )
-        cursor = svc.catalog.connect(version).cursor()
-        try:
-            exact = compiler.run(cursor, query)
-        finally:
-            cursor.close()
         # Test-only: in-process tests set `secagg_exact_for_tests` on the service object.
         exact_only = self.exact_for_tests or bool(getattr(svc, "secagg_exact_for_tests", False))
         if exact_only:

@@ -7,7 +7,6 @@ spend nothing. An answer leaves only after its spend is committed.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import secrets
 import sqlite3
@@ -18,10 +17,11 @@ from tessera import answers, approvals, canonical, requests, results, schemas
 from tessera.clock import Clock
 from tessera.errors import Refusal
 from tessera.keys import SigningKey
-from tessera.node import compiler, privacy
+from tessera.node import engine, privacy
 from tessera.node.authorize import Authorized, authorize, check_peer
 from tessera.node.catalog import DatasetCatalog
 from tessera.node.config import NodeConfig, Policy
+from tessera.node.figures import FiguresCache
 from tessera.node.ledger import Ledger, NewRelease, RequestRecord
 from tessera.templates import params as params_mod
 from tessera.templates.columns import columns_used, dimension_columns
@@ -100,6 +100,7 @@ class NodeService:
         self.ledger = ledger
         self.key = key
         self.clock = clock
+        self._figures = FiguresCache()
 
     # -- read-only methods ---------------------------------------------------------
 
@@ -232,7 +233,7 @@ class NodeService:
         rho = privacy.release_rho(calibrations)
         release = None
         policy = self.cfg.policy(self.cfg.accountant_of(t.dataset))
-        if self.ledger.stored_answer(answer_key) is None:
+        if not self.ledger.has_answer(answer_key):
             self._check_affordable(policy, rho)
             release = self._compute(
                 auth, version, calibrations, cost, answer_key, params_json, policy.name, rho
@@ -240,7 +241,7 @@ class NodeService:
         body = self._audit_body(identity, auth.request, "OK", "answered", auth=auth)
         body["dataset_version"] = version.version
         committed = self.ledger.commit(req, answer_key, release, policy, body)
-        stored = json.loads(committed.payload)
+        stored = self._figures.get(t, answer_key, committed.payload)
         signed_statement = answers.sign(
             answers.Statement(
                 organisation=self.cfg.organisation,
@@ -252,8 +253,8 @@ class NodeService:
                 dataset=t.dataset,
                 dataset_version=version.version,
                 payload_sha256=answers.payload_digest(committed.payload),
-                cost_kind=stored["kind"],
-                cost=stored["cost"],
+                cost_kind=stored.kind,
+                cost=stored.cost,
                 charged=committed.charged,
                 from_cache=committed.from_cache,
                 audit_seq=committed.audit.seq,
@@ -261,17 +262,14 @@ class NodeService:
             ),
             self.key,
         )
-        measures = {
-            m["name"]: results.measure_from_stored(m, stored["kind"]) for m in stored["measures"]
-        }
         return Answer(
             organisation=self.cfg.organisation,
             template=t,
             digest=auth.digest,
             dataset_version=version.version,
-            measures=measures,
-            cells=results.release(t, measures),
-            cost=privacy.Loss(stored["kind"], stored["cost"]),
+            measures=dict(stored.measures),
+            cells=list(stored.cells),
+            cost=privacy.Loss(stored.kind, stored.cost),
             charged=committed.charged,
             from_cache=committed.from_cache,
             audit_seq=committed.audit.seq,
@@ -279,7 +277,7 @@ class NodeService:
             statement=signed_statement.statement,
             statement_signature=signed_statement.signature,
             payload=committed.payload,
-            notes=tuple(str(n) for n in stored.get("notes", ())),
+            notes=stored.notes,
         )
 
     def _compute(
@@ -295,14 +293,9 @@ class NodeService:
     ) -> NewRelease:
         t = auth.template
         exclude = t.purpose != schemas.DIRECT_CARE
-        query = compiler.compile_query(
-            t, auth.params, exclude_opted_out=exclude, order_key=self.secret
+        exact = engine.answer(
+            self.catalog, version, t, auth.params, exclude_opted_out=exclude, order_key=self.secret
         )
-        cursor = self.catalog.connect(version).cursor()
-        try:
-            exact = compiler.run(cursor, query)
-        finally:
-            cursor.close()
         noisy = [privacy.add_noise(c, exact[c.name]) for c in calibrations]
         payload = canonical.encode(
             {

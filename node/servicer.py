@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from tessera import approvals, requests, startup
+from tessera.node.overlap_node import OverlapNode
 from tessera.node.secagg_node import SecAggNode
 from tessera.node.service import Answer, DatasetStatus, NodeService
+from tessera.overlap import session as osession
 from tessera.serving import guarded
 from tessera.tls import peer_identity
 from tessera.wire.v1 import common_pb2, node_pb2, node_pb2_grpc
@@ -44,7 +48,51 @@ def _dataset_infos(datasets: list[DatasetStatus]) -> list[common_pb2.DatasetInfo
     ]
 
 
+# The figures of the last few stored answers as wire messages (a cached answer is sent
+# again and again; building its cells field by field is most of its serialising cost).
+_FIGURES_CACHE_SIZE = 256
+_figures: OrderedDict[tuple[str, bytes], node_pb2.Answer] = OrderedDict()
+_figures_lock = threading.Lock()
+
+
 def answer_to_proto(a: Answer) -> node_pb2.ExecuteReply:
+    # Dimensions, measures and cells follow from the template (fixed by its digest) and
+    # the stored payload; the rest is per request.
+    key = (a.digest, a.payload)
+    with _figures_lock:
+        figures = _figures.get(key)
+        if figures is not None:
+            _figures.move_to_end(key)
+    if figures is None:
+        figures = _figures_of(a)
+        if a.payload:
+            with _figures_lock:
+                _figures[key] = figures
+                while len(_figures) > _FIGURES_CACHE_SIZE:
+                    _figures.popitem(last=False)
+    t = a.template
+    answer = node_pb2.Answer()
+    answer.CopyFrom(figures)
+    answer.template_digest = a.digest
+    answer.dataset = t.dataset
+    answer.dataset_version = a.dataset_version
+    answer.statistic = t.statistic.kind.value
+    answer.cost.CopyFrom(_loss(a.cost.kind, a.cost.value))
+    answer.notes.extend(a.notes)
+    answer.charged.CopyFrom(_loss(a.cost.kind, a.charged))
+    answer.from_cache = a.from_cache
+    return node_pb2.ExecuteReply(
+        organisation=a.organisation,
+        answer=answer,
+        audit_seq=a.audit_seq,
+        audit_hash=a.audit_hash,
+        statement=a.statement,
+        statement_signature=a.statement_signature,
+        payload=a.payload,
+    )
+
+
+def _figures_of(a: Answer) -> node_pb2.Answer:
     t = a.template
     dims = [common_pb2.Dimension(name=d.name, labels=list(d.labels)) for d in t.group_by]
     measures = [
@@ -71,34 +119,14 @@ def answer_to_proto(a: Answer) -> node_pb2.ExecuteReply:
         )
         for c in a.cells
     ]
-    answer = node_pb2.Answer(
-        template_digest=a.digest,
-        dataset=t.dataset,
-        dataset_version=a.dataset_version,
-        statistic=t.statistic.kind.value,
-        dimensions=dims,
-        measures=measures,
-        cells=cells,
-        cost=_loss(a.cost.kind, a.cost.value),
-        notes=list(a.notes),
-        charged=_loss(a.cost.kind, a.charged),
-        from_cache=a.from_cache,
-    )
-    return node_pb2.ExecuteReply(
-        organisation=a.organisation,
-        answer=answer,
-        audit_seq=a.audit_seq,
-        audit_hash=a.audit_hash,
-        statement=a.statement,
-        statement_signature=a.statement_signature,
-        payload=a.payload,
-    )
+    return node_pb2.Answer(dimensions=dims, measures=measures, cells=cells)
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     def __init__(self, service: NodeService) -> None:
         self.service = service
         self.secagg = SecAggNode(service)
+        self.overlap = OverlapNode(service, self.secagg.roster)
 
     def Describe(self, request: Any, context: Any) -> node_pb2.DescribeReply:
         datasets = guarded(
@@ -139,7 +167,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         return answer_to_proto(answer)
 
     def ProtocolRound(self, request: Any, context: Any) -> node_pb2.ProtocolRoundReply:
-        """Secure aggregation (tessera.node.secagg_node): one stage message of a session."""
+        """One message of a secure-aggregation session (tessera.node.secagg_node) or,
+        for a session id `{request_id}/overlap/{attempt}`, of an overlap count
+        (tessera.node.overlap_node)."""
         signed = None
         if request.HasField("request"):
             signed = requests.SignedRequest(request.request.canonical, request.request.signature)
@@ -148,7 +178,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         ]
         reply = guarded(
             context,
-            lambda: self.secagg.round(
+            lambda: (
+                self.overlap if osession.is_session(request.session_id) else self.secagg
+            ).round(
                 peer_identity(context),
                 request.session_id,
                 request.payload,

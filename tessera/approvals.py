@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +62,7 @@ def check(
     unknown = len({a.approver_key for a in approvals if a.approver_key not in trusted})
     for a in distinct_trusted(approvals, trusted):
         name = trusted[a.approver_key]
-        key = keys.PublicKey.from_id(a.approver_key)
-        if not key.verify(keys.TEMPLATE_APPROVAL, message, a.signature):
+        if not _verifies(a.approver_key, message, a.signature):
             raise ApprovalRefused(
                 "UNAUTHENTICATED",
                 f"approval by {name} does not verify over this template's digest "
@@ -85,6 +86,37 @@ def check(
     if own:
         detail += "; the requesting analyst's own approval does not count"
     raise ApprovalRefused("PERMISSION_DENIED", detail)
+
+
+# Approvals verified good, by (approver key, digest, signature): the same signed template
+# comes with every request. Ed25519 verification is deterministic, so a hit says what
+# verifying again would; only successes are kept (a bad signature is checked afresh
+# every time and never enters), and `check` applies the trust list before looking here,
+# so a key dropped from the trust list stops counting at once.
+VERIFIED_CACHE_SIZE = 4096
+_verified: OrderedDict[tuple[str, bytes, bytes], None] = OrderedDict()
+_verified_lock = threading.Lock()
+
+
+def _verifies(key_id: str, message: bytes, signature: bytes) -> bool:
+    entry = (key_id, message, bytes(signature))
+    with _verified_lock:
+        if entry in _verified:
+            _verified.move_to_end(entry)
+            return True
+    if not keys.PublicKey.from_id(key_id).verify(keys.TEMPLATE_APPROVAL, message, signature):
+        return False
+    with _verified_lock:
+        _verified[entry] = None
+        while len(_verified) > VERIFIED_CACHE_SIZE:
+            _verified.popitem(last=False)
+    return True
+
+
+def forget_verified() -> None:
+    """Empty the cache of verified approvals (tests that count signature checks)."""
+    with _verified_lock:
+        _verified.clear()
 
 
 def distinct_trusted(approvals: Sequence[Approval], trusted: Mapping[str, str]) -> list[Approval]:

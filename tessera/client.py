@@ -200,6 +200,12 @@ class Client:
         combined. The mode is part of what the analyst signs."""
         key = self._key()
         info = self.resolve_template(template_id_or_digest)
+        overlap = info.template.overlap
+        if overlap is not None:
+            # The audience is the party order: one organisation per dataset, in order.
+            mode = mode or Mode.OVERLAP.value
+            if nodes is None:
+                nodes = self._overlap_nodes([d.dataset for d in overlap.datasets])
         if nodes is None:
             dataset = info.template.dataset
             nodes = [n.organisation for n in self.nodes() if dataset in n.datasets]
@@ -220,6 +226,21 @@ class Client:
         )
         result = self.submit_request(requests.sign(request, key), on_progress)
         return dataclasses.replace(result, params=dict(request.params), template_title=info.title)
+
+    def _overlap_nodes(self, datasets: Sequence[str]) -> list[str]:
+        known = self.nodes()
+        out = []
+        for dataset in datasets:
+            hosts = sorted(n.organisation for n in known if dataset in n.datasets)
+            if len(hosts) != 1:
+                raise ClientError(
+                    "FAILED_PRECONDITION",
+                    f"{len(hosts)} nodes host {dataset}"
+                    + (f" ({', '.join(hosts)})" if hosts else "")
+                    + ": name one organisation per dataset, in the template's dataset order",
+                )
+            out.append(hosts[0])
+        return out
 
     def submit_request(
         self, signed: requests.SignedRequest, on_progress: ProgressCallback | None = None

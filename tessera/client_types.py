@@ -24,6 +24,7 @@ _MODE_NAMES = {
     common_pb2.MODE_COMBINED: "combined",
     common_pb2.MODE_PER_NODE: "per_node",
     common_pb2.MODE_SECURE_AGGREGATION: "secure_aggregation",
+    common_pb2.MODE_OVERLAP: "overlap",
 }
 
 

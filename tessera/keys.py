@@ -6,6 +6,7 @@ be written in a template or config and checked without any registry.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import tempfile
@@ -30,6 +31,8 @@ AUDIT_HEAD = b"tessera/v1/audit-head\x00"
 ANSWER = b"tessera/v1/answer\x00"
 # A node's messages in a secure-aggregation session (tessera.secagg).
 SECAGG = b"tessera/v1/secagg\x00"
+# A node's per-query sealing key in an overlap session (tessera.overlap.session).
+OVERLAP_HELLO = b"tessera/v1/overlap-hello\x00"
 # The coordinator's receipt log entries reuse AUDIT_ENTRY / AUDIT_HEAD (tessera.audit).
 
 
@@ -62,10 +65,18 @@ class PublicKey:
 
     def verify(self, domain: bytes, message: bytes, signature: bytes) -> bool:
         try:
-            Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, domain + message)
+            _public_key(self.raw).verify(signature, domain + message)
         except (InvalidSignature, ValueError):
             return False
         return True
+
+
+@functools.lru_cache(maxsize=1024)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    """Decoding a public key is a pure function of its bytes; the same few keys (approvers,
+    analysts, nodes) verify again and again. Raises ValueError for bytes that are not one
+    (not cached)."""
+    return Ed25519PublicKey.from_public_bytes(raw)
 
 
 class SigningKey:

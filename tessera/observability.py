@@ -31,8 +31,6 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from tessera import canonical
-
 log = logging.getLogger("tessera.rpc")
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -204,7 +202,9 @@ def _request_id(request: Any) -> str | None:
     if not isinstance(body, bytes) or not body:
         return None
     try:
-        d = canonical.decode(body)
+        # Plain JSON, not canonical.decode: the node checks the body itself; this only
+        # names the call in the log, and the id is checked below before it is written.
+        d = json.loads(body)
     except Exception:
         return None
     rid = d.get("request_id") if isinstance(d, Mapping) else None
@@ -313,6 +313,8 @@ class Observe(grpc.ServerInterceptor):  # type: ignore[misc]
             status = "UNKNOWN" if context.is_active() else "CANCELLED"
         seconds = time.perf_counter() - start
         self.metrics.observe(method, status, seconds)
+        if not log.isEnabledFor(logging.INFO):
+            return
         fields: dict[str, Any] = {
             "event": "rpc",
             "method": method,

@@ -95,7 +95,8 @@ def new_request(
         nonce=secrets.token_hex(16),
         issued_at=now,
         expires_at=now + lifetime,
-        audience=tuple(sorted(audience)),
+        # An overlap request's audience is in the template's dataset order: the party order.
+        audience=tuple(audience) if mode is Mode.OVERLAP else tuple(sorted(audience)),
         analyst_key=analyst_key,
     )
 
@@ -142,7 +143,9 @@ def parse(body: bytes) -> QueryRequest:
     try:
         mode = Mode(d["mode"])
     except ValueError:
-        raise RequestError("mode must be combined, per_node or secure_aggregation") from None
+        raise RequestError(
+            "mode must be combined, per_node, secure_aggregation or overlap"
+        ) from None
     rid = d["request_id"]
     if not (isinstance(rid, str) and _REQUEST_ID.match(rid)):
         raise RequestError("request_id must be 8 to 64 letters, digits or '-'")

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 from tessera import answers, keys, requests, results, roster, templates
 from tessera.client_types import ClientError
+from tessera.overlap import session as osession
+from tessera.overlap.spec import overlap_query
 from tessera.templates.model import Mode, Template
 
 if TYPE_CHECKING:
@@ -205,6 +207,11 @@ def verify_result(
             prefix, _, attempt = st.request_id.rpartition("/secagg/")
             answers_it = prefix == req_for_parts.request_id and attempt.isdigit()
             sessions.add(st.request_id)
+        if req.mode is Mode.OVERLAP:
+            # Each node signs for the session: "{request_id}/overlap/{attempt}".
+            prefix, _, attempt = st.request_id.rpartition("/overlap/")
+            answers_it = prefix == req_for_parts.request_id and attempt.isdigit()
+            sessions.add(st.request_id)
         if st.request_hash != answered.hash or not answers_it:
             bad(org, "statement", "the signed answer is for another request (replayed)")
             continue
@@ -242,9 +249,15 @@ def verify_result(
             bad(None, "privacy_spent", f"does not match the nodes' signed cost ({kind} {want:g})")
 
     if len(sessions) > 1:
-        bad(None, "statement", "the nodes signed for different secure-aggregation sessions")
+        bad(None, "statement", "the nodes signed for different protocol sessions")
     recomputed = False
-    if req.mode is Mode.SECURE_AGGREGATION:
+    if req.mode is Mode.OVERLAP:
+        recomputed = _check_overlap(result, template, req, valid, bad)
+        notes.append(
+            "overlap count: the counting node's signed release was checked against the "
+            "figures shown; every other node's statement shows what it was charged"
+        )
+    elif req.mode is Mode.SECURE_AGGREGATION:
         notes.append(
             "secure aggregation: only the sum was ever unmasked, so no one (the analyst "
             "included) can recompute it; the signed statements show which nodes took part "
@@ -277,6 +290,51 @@ def verify_result(
                 bad(org, "payload", "a node's figures were forwarded for a combined-only template")
     ok = not problems
     return Verification(ok, tuple(problems), tuple(sorted(valid)), recomputed, tuple(notes))
+
+
+def _check_overlap(
+    result: QueryResult,
+    template: Template,
+    req: requests.QueryRequest,
+    valid: Mapping[str, tuple[answers.Statement, bytes]],
+    bad: _Bad,
+) -> bool:
+    """Every named node signed; the counting node (fixed by the template, never by the
+    coordinator) signed the release payload, and the cells shown are its cells."""
+    if template.overlap is None:
+        bad(None, "template", "an overlap result for a template that is not an overlap")
+        return False
+    try:
+        query = overlap_query(template, dict(req.params), bytes(32))
+    except ValueError as e:
+        bad(None, "template", str(e))
+        return False
+    counter = req.audience[osession.counter_party(query)]
+    if result.released:
+        for org in req.audience:
+            if org not in valid:
+                bad(org, "statement", "an overlap needs every named node's signed statement")
+    for org, (_, payload) in sorted(valid.items()):
+        if payload and org != counter:
+            bad(org, "payload", "figures forwarded from a node that is not the counting node")
+    if not result.released:
+        return False
+    if counter not in valid or not valid[counter][1]:
+        bad(counter, "payload", "the counting node's signed release is missing")
+        return False
+    st, payload = valid[counter]
+    try:
+        doc = json.loads(payload)
+        expect = osession.release_cells(doc)
+        same = doc["session"] == st.request_id and doc["template_digest"] == st.template_digest
+    except (ValueError, KeyError, TypeError):
+        bad(counter, "payload", "the counting node's release is malformed")
+        return False
+    if not same:
+        bad(counter, "payload", "the release is for another session or template")
+        return False
+    _compare(None, result.cells, expect, result.dimensions, "the counting node's release", bad)
+    return True
 
 
 def _recompute(

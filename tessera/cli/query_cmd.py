@@ -49,13 +49,17 @@ def register(sub: Any) -> None:
         metavar="NAME=VALUE",
         help="a parameter value; repeat for each parameter",
     )
-    # No --mode: secure_aggregation where the template allows it (tessera.client.run_query).
-    run.add_argument("--mode", choices=("combined", "per_node", "secure_aggregation"), default=None)
+    # No --mode: secure_aggregation where the template allows it, overlap for an overlap
+    # template (tessera.client.run_query).
+    run.add_argument(
+        "--mode", choices=("combined", "per_node", "secure_aggregation", "overlap"), default=None
+    )
     run.add_argument(
         "--node",
         action="append",
         metavar="ORG",
-        help="ask only this organisation's node; repeatable",
+        help="ask only this organisation's node; repeatable (overlap: one per dataset, in "
+        "the template's dataset order)",
     )
     add_json_arg(run, "the result")
     run.add_argument("--csv", type=Path, metavar="PATH", help="also write the cells as CSV")

@@ -34,6 +34,8 @@ from tessera.templates.model import Analyst, Template
 EXAMPLES = importlib.resources.files("tessera.demo") / "templates"
 COUNCILS = ("Bradford", "Calderdale", "Kirklees", "Leeds", "Wakefield")
 REFERENCE_DATE = "2026-03-31"
+POLICE = "West Yorkshire Police"
+OVERLAP_TEMPLATE = "overlap-domestic-abuse-known-to-social-care"
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ def _run_in(root: Path, options: DemoOptions, console: Console) -> dict[str, Any
             "referrals-by-need-and-age",
             "absence-by-sen",
             "ed-injuries-under-fives-by-month",
+            OVERLAP_TEMPLATE,
         )
         chosen = {n: load_template(n, analyst_key) for n in names}
         # Secure aggregation: the approvers allow it for the combined-only referrals
@@ -157,7 +160,7 @@ def _run_in(root: Path, options: DemoOptions, console: Console) -> dict[str, Any
 
         _step(
             console,
-            "The analyst submits four templates; two of three approvers sign each",
+            f"The analyst submits {len(chosen)} templates; two of three approvers sign each",
             approve_all,
         )
         queries = []
@@ -177,6 +180,17 @@ def _run_in(root: Path, options: DemoOptions, console: Console) -> dict[str, Any
             ),
             ("absence-by-sen", {"academic_year": "2024/25"}, "combined", None),
             ("ed-injuries-under-fives-by-month", {}, "combined", None),
+            # Reference template 5 (docs/overlap.md): the audience is the party order.
+            (
+                OVERLAP_TEMPLATE,
+                {
+                    "period_start": "2025-04-01",
+                    "period_end": REFERENCE_DATE,
+                    "on_date": REFERENCE_DATE,
+                },
+                "overlap",
+                [POLICE, "Leeds"],
+            ),
         ]
         for name, params, mode, nodes in plan:
             _step(
@@ -186,7 +200,7 @@ def _run_in(root: Path, options: DemoOptions, console: Console) -> dict[str, Any
             )
 
         leeds = layout.node("Leeds")
-        police = layout.node("West Yorkshire Police")
+        police = layout.node(POLICE)
         police_t = load_template("police-incidents-by-type", analyst_key)
         periods = [
             {"period_start": f"{y}-04-01", "period_end": f"{y + 1}-03-31"}

@@ -270,7 +270,7 @@ class Party:
         self._seeds: list[list[bytes]] | None = None
         self._pads: list[int] = [0] * subsets
         self._started = False
-        self._gather: dict[tuple[int, int], dict[int, list[bytes]]] = {}
+        self._gather: dict[tuple[int, int], dict[int, bytes]] = {}
         self._gather_total: dict[tuple[int, int], int] = {}
 
     # -- step 1 --------------------------------------------------------------------
@@ -412,19 +412,15 @@ class Party:
         )
         yield self._seal_to(COUNTER, pb.OVERLAP_STEP_PAD_REPORT, report.SerializeToString())
 
-    def _own(self, part: list[tuple[int, str | bytes | None]]) -> list[bytes]:
-        qid = self.query.query_id
-        ids = [x for kind, x in part if kind == 0]
-        seeds = [x for kind, x in part if kind == 1]
-        hashed = iter(group.hash_ids(qid, ids))  # type: ignore[arg-type]
-        dummies = iter(group.hash_dummies(qid, seeds))  # type: ignore[arg-type]
-        points = [next(hashed) if k == 0 else next(dummies) for k, _ in part if k != 2]
-        blinded = iter(group.blind(self._key, points))
-        # Padding is a random element: it need not be blinded to look like the rest.
-        return [next(blinded) if k != 2 else group.random_point() for k, _ in part]
+    def _own(self, part: list[tuple[int, str | bytes | None]]) -> bytes:
+        """One chunk of this party's own set: hashed (padding as random elements) and
+        blinded with this party's key, packed."""
+        kinds = [k for k, _ in part]
+        points = group.hash_items(self.query.query_id, kinds, [x for _, x in part])
+        return group.blind_packed(self._key, points)
 
     def _set_message(
-        self, owner: int, subset: int, hops: int, chunk: int, chunks: int, points: list[bytes]
+        self, owner: int, subset: int, hops: int, chunk: int, chunks: int, points: bytes
     ) -> bytes:
         return _wrap(
             pb.OverlapBlindedSet(
@@ -435,7 +431,7 @@ class Party:
                 hops=hops,
                 chunk=chunk,
                 chunks=chunks,
-                points=group.pack(points),
+                points=points,
             )
         )
 
@@ -450,9 +446,9 @@ class Party:
             raise OverlapError("a sub-set index out of range")
         if not 0 <= b.chunk < b.chunks:
             raise OverlapError("a chunk index out of range")
-        points = group.blind(self._key, group.unpack(b.points))
+        points = group.blind_packed(self._key, b.points)
         if b.hops + 1 < q.n:  # not the last key: shuffle the chunk and pass it on
-            _shuffle(points)
+            points = group.shuffle_packed(points)
             return [self._set_message(b.owner, b.subset, b.hops + 1, b.chunk, b.chunks, points)]
         # The last key: gather the whole set, shuffle it all, then send it to the counter,
         # so no chunk of the final set can be traced to a chunk of an earlier step.
@@ -464,10 +460,9 @@ class Party:
         got[b.chunk] = points
         if len(got) < total:
             return []
-        whole = [p for c in range(total) for p in got.pop(c)]
+        whole = group.shuffle_packed(b"".join(got.pop(c) for c in range(total)))
         del self._gather[key]
-        _shuffle(whole)
-        size = q.chunk_size
+        size = q.chunk_size * group.POINT_BYTES
         chunks = max(1, -(-len(whole) // size))
         return [
             self._set_message(b.owner, b.subset, q.n, c, chunks, whole[c * size : (c + 1) * size])

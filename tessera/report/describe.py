@@ -25,6 +25,7 @@ from tessera.templates.model import (
     Filter,
     InFilter,
     MonthsDim,
+    OverlapMatch,
     Parameter,
     RangeFilter,
     StatisticKind,
@@ -130,7 +131,37 @@ def dimension(d: Dimension) -> list[tuple[str, str]]:
     return out
 
 
+def overlap_statistic(t: Template) -> list[tuple[str, str]]:
+    o = t.overlap
+    assert o is not None
+    names = [d.dataset for d in o.datasets]
+    cat = names[o.categories_from]
+    if o.match is OverlapMatch.ALL:
+        what = f"children in every one of {', '.join(names)} (match all)"
+    elif o.match is OverlapMatch.A_NOT_B:
+        assert o.b is not None
+        what = f"children in {cat} but not in {names[o.b]} (match a_not_b, b = {names[o.b]})"
+    else:
+        what = (
+            f"children in at least k = {o.k} of {', '.join(names)} (match at_least_k); "
+            f"one more cell counts those not in {cat}"
+        )
+    out = [
+        ("what is counted", f"{what} (statistic overlap_count)"),
+        ("linked by", "NHS number only, normalised and check-digit validated at each node"),
+        ("cells from", f"the {cat} record (categories_from = {cat})"),
+        ("per-child contribution", "one child is one element per agency, whatever its records"),
+        ("not linkable", "records without a valid NHS number, counted per dataset with noise"),
+    ]
+    s = t.statistic
+    if s.choose is not None:
+        out.append(("which record decides", f"the {s.choose.value} record by {s.by}"))
+    return out
+
+
 def statistic(t: Template) -> list[tuple[str, str]]:
+    if t.overlap is not None:
+        return overlap_statistic(t)
     s = t.statistic
     unit = t.privacy_unit
     if s.kind is StatisticKind.COUNT_UNITS:
@@ -169,6 +200,25 @@ def describe(t: Template, digest: str) -> list[Section]:
     if not dims:
         dims = [("(none)", "one cell: a single figure")]
     analysts = [(a.name, a.key) for a in t.access.analysts]
+    data: tuple[tuple[str, str], ...] = (
+        ("dataset", f"{t.dataset} (schema version {t.schema_version})"),
+        ("source table", t.source),
+        ("privacy unit", f"{t.privacy_unit}: each is protected as one person"),
+    )
+    quorum = f"at least {t.access.quorum} node(s) must answer"
+    if t.overlap is not None:
+        data, filters = (), []
+        for i, od in enumerate(t.overlap.datasets, 1):
+            data += (
+                (
+                    f"dataset {i}",
+                    f"{od.dataset} (schema version {od.schema_version}), source {od.source}, "
+                    f"linkage key {od.linkage_key}",
+                ),
+            )
+            rows = [filter_text(f) for f in od.filters] or [("all rows", "of the source")]
+            filters += [(f"{od.dataset}: {label}", text) for label, text in rows]
+        quorum = f"all {t.access.quorum} datasets' nodes must take part"
     return [
         Section(
             "The template",
@@ -182,14 +232,7 @@ def describe(t: Template, digest: str) -> list[Section]:
                 ("description", " ".join(t.description.split())),
             ),
         ),
-        Section(
-            "The data",
-            (
-                ("dataset", f"{t.dataset} (schema version {t.schema_version})"),
-                ("source table", t.source),
-                ("privacy unit", f"{t.privacy_unit}: each is protected as one person"),
-            ),
-        ),
+        Section("The data", data),
         Section("Parameters the analyst chooses", tuple(params)),
         Section("Rows used", tuple(filters)),
         Section(f"Cells ({t.n_cells} in all, every one shown)", tuple(dims)),
@@ -207,11 +250,13 @@ def describe(t: Template, digest: str) -> list[Section]:
             (
                 *analysts,
                 ("expires", t.access.expires.isoformat()),
-                ("quorum", f"at least {t.access.quorum} node(s) must answer"),
+                ("quorum", quorum),
                 (
                     "participants",
                     "only exactly these organisations: " + ", ".join(t.access.participants)
                     if t.access.participants
+                    else "one node per dataset, in the datasets' order"
+                    if t.overlap is not None
                     else "any set of the nodes hosting the dataset",
                 ),
                 (

@@ -27,6 +27,9 @@ class Mode(str, Enum):
     COMBINED = "combined"
     PER_NODE = "per_node"
     SECURE_AGGREGATION = "secure_aggregation"
+    # Overlap counts (tessera.overlap): the audience lists one organisation per dataset,
+    # in the template's dataset order, which fixes who plays which party.
+    OVERLAP = "overlap"
 
 
 class StatisticKind(str, Enum):
@@ -34,10 +37,13 @@ class StatisticKind(str, Enum):
     COUNT_RECORDS = "count_records"
     SUM = "sum"
     MEAN = "mean"
+    # Units present across datasets at different nodes, counted by the overlap
+    # protocol (docs/overlap.md), never by a node's Execute.
+    OVERLAP_COUNT = "overlap_count"
 
 
 # Kinds the language reserves for later versions; refused with a clear message today.
-RESERVED_STATISTICS = ("overlap_count",)
+RESERVED_STATISTICS: tuple[str, ...] = ()
 
 
 class Choice(str, Enum):
@@ -263,6 +269,32 @@ class Access:
     threshold: int = 0
 
 
+class OverlapMatch(str, Enum):
+    ALL = "all"  # in every dataset
+    A_NOT_B = "a_not_b"  # in dataset a (categories_from), not in dataset b
+    AT_LEAST_K = "at_least_k"  # in at least k of the n datasets
+
+
+@dataclass(frozen=True)
+class OverlapDataset:
+    """One party of an overlap: which units of which source count as known to it."""
+
+    dataset: str
+    source: str
+    linkage_key: str  # the source's NHS number column
+    filters: tuple[Filter, ...]
+    schema_version: int = 1
+
+
+@dataclass(frozen=True)
+class OverlapSpec:
+    datasets: tuple[OverlapDataset, ...]  # 2..4 distinct datasets; order = party order
+    match: OverlapMatch
+    k: int | None  # at_least_k only
+    categories_from: int  # index into datasets: group_by is evaluated on its source
+    b: int | None  # a_not_b only; a is categories_from
+
+
 @dataclass(frozen=True)
 class Template:
     id: str
@@ -282,6 +314,9 @@ class Template:
     privacy: Privacy
     output: Output
     access: Access
+    # Set only for statistic overlap_count; `dataset`, `source` and `group_by` are then
+    # those of the categories_from dataset, and `filters` is empty (they are per dataset).
+    overlap: OverlapSpec | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -315,6 +350,11 @@ class Sensitivity:
 def measure_sensitivities(stat: Statistic) -> dict[str, Sensitivity]:
     """Per released measure ("count", "sum"): the L1 and L2 sensitivity under
     adding or removing one unit, given the caps the compiled query enforces."""
+    if stat.kind is StatisticKind.OVERLAP_COUNT:
+        # One child is one element per agency; adding or removing it at one agency
+        # moves it between at most two cells of the counter's view (docs/overlap.md).
+        # The protocol calibrates its own noise to this through OpenDP.
+        return {"count": Sensitivity(2.0, math.sqrt(2.0))}
     if stat.kind is StatisticKind.COUNT_UNITS:
         m = stat.max_cells_per_unit
         return {"count": Sensitivity(float(m), math.sqrt(m))}

@@ -11,6 +11,7 @@ import itertools
 import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -109,6 +110,11 @@ def parse(data: Any) -> Template:
     legal_basis = f.text("legal_basis")
     if not legal_basis.strip():
         raise TemplateError("legal_basis", "must not be empty")
+    if _is_overlap(data):
+        from tessera.templates import overlap  # imports this module
+
+        head = Head(tid, version, title, purpose, description, legal_basis)
+        return overlap.parse_overlap(f, head)
 
     d = f.table("data")
     ds_name = d.text("dataset", max_len=40)
@@ -130,23 +136,12 @@ def parse(data: Any) -> Template:
     params = _parameters(f, source)
     ctx = _Ctx(source, {p.name: p for p in params})
     filters = tuple(_filter(t, ctx) for t in f.tables("filters", max_items=MAX_FILTERS, default=[]))
-    dims = tuple(_dimension(t, ctx) for t in f.tables("group_by", max_items=MAX_DIMS, default=[]))
-    names = [dm.name for dm in dims]
-    if len(set(names)) != len(names):
-        raise TemplateError("group_by", "dimension names must be distinct")
-    n_cells = 1
-    for dm in dims:
-        n_cells *= len(dm.labels)
-    if n_cells > MAX_CELLS:
-        raise TemplateError("group_by", f"domain has {n_cells} cells; at most {MAX_CELLS}")
+    dims = group_by(f, ctx)
     statistic = _statistic(f.table("statistic"), ctx)
     privacy = _privacy(f.table("privacy"))
     output = _output(f.table("output"))
     access = _access(f.table("access"))
-    used = ctx.used
-    unused = sorted(set(ctx.params) - used)
-    if unused:
-        raise TemplateError(f"parameters.{unused[0]}", "is declared but never used")
+    check_all_used(ctx.params, ctx.used)
     f.done()
     return Template(
         id=tid,
@@ -169,11 +164,61 @@ def parse(data: Any) -> Template:
     )
 
 
+@dataclass(frozen=True)
+class Head:
+    """The fields every template starts with, read before its data."""
+
+    id: str
+    version: int
+    title: str
+    purpose: str
+    description: str
+    legal_basis: str
+
+
+def _is_overlap(data: Any) -> bool:
+    """Whether this is an overlap template (read without consuming any field)."""
+    stat = data.get("statistic") if isinstance(data, Mapping) else None
+    kind = stat.get("kind") if isinstance(stat, Mapping) else None
+    if kind != StatisticKind.OVERLAP_COUNT.value:
+        if isinstance(data, Mapping) and "overlap" in data:
+            raise TemplateError("overlap", "applies to statistic overlap_count only")
+        return False
+    if "overlap" not in data:
+        raise TemplateError(
+            "statistic.kind",
+            "overlap_count needs an [overlap] table naming its datasets ([[overlap.datasets]])",
+        )
+    return True
+
+
+def group_by(f: Fields, ctx: _Ctx) -> tuple[Dimension, ...]:
+    dims = tuple(_dimension(t, ctx) for t in f.tables("group_by", max_items=MAX_DIMS, default=[]))
+    names = [dm.name for dm in dims]
+    if len(set(names)) != len(names):
+        raise TemplateError("group_by", "dimension names must be distinct")
+    n_cells = 1
+    for dm in dims:
+        n_cells *= len(dm.labels)
+    if n_cells > MAX_CELLS:
+        raise TemplateError("group_by", f"domain has {n_cells} cells; at most {MAX_CELLS}")
+    return dims
+
+
+def check_all_used(params: Mapping[str, Parameter], used: set[str]) -> None:
+    unused = sorted(set(params) - used)
+    if unused:
+        raise TemplateError(f"parameters.{unused[0]}", "is declared but never used")
+
+
 class _Ctx:
-    def __init__(self, source: schemas.Source, params: Mapping[str, Parameter]) -> None:
+    def __init__(
+        self, source: schemas.Source, params: Mapping[str, Parameter], used: set[str] | None = None
+    ) -> None:
         self.source = source
         self.params = params
-        self.used: set[str] = set()
+        # Shared between the contexts of an overlap's datasets: a parameter may be used by any.
+        self.used: set[str] = set() if used is None else used
 
     def column(self, f: Fields, key: str, *types: schemas.ColumnType) -> schemas.Column:
         name = f.text(key, max_len=64)
@@ -203,7 +248,7 @@ class _Ctx:
         return DateRef(param=self.param(f, key, DateParam).name)
 
 
-def _parameters(f: Fields, source: schemas.Source) -> tuple[Parameter, ...]:
+def _parameters(f: Fields, source: schemas.Source | None) -> tuple[Parameter, ...]:
     raw = f.raw("parameters", {})
     if not isinstance(raw, Mapping):
         raise TemplateError("parameters", "must be a table of parameter tables")
@@ -406,9 +451,11 @@ def _statistic(f: Fields, ctx: _Ctx) -> Statistic:
     try:
         kind = StatisticKind(kind_text)
     except ValueError:
+        kind = None
+    if kind is None or kind is StatisticKind.OVERLAP_COUNT:
         raise TemplateError(
-            f.at("kind"), "must be count_units, count_records, sum or mean"
-        ) from None
+            f.at("kind"), "must be count_units, count_records, sum, mean or overlap_count"
+        )
     if kind is not StatisticKind.COUNT_UNITS:
         for key in ("choose", "by"):
             if f.has(key):
@@ -634,11 +681,29 @@ def _stat_dict(s: Statistic) -> dict[str, Any]:
     }
 
 
+def privacy_dict(t: Template) -> dict[str, Any]:
+    p = t.privacy
+    return {"epsilon": p.epsilon} if p.epsilon is not None else {"rho": p.rho}
+
+
+def access_dict(t: Template) -> dict[str, Any]:
+    return {
+        "analysts": [{"name": a.name, "key": a.key} for a in t.access.analysts],
+        "expires": t.access.expires.isoformat(),
+        "quorum": t.access.quorum,
+        "per_node_breakdown": t.access.per_node_breakdown,
+        # Only when declared, so templates without it keep their digests.
+        **({"participants": list(t.access.participants)} if t.access.participants else {}),
+        **({"threshold": t.access.threshold} if t.access.threshold else {}),
+    }
+
+
 def to_dict(t: Template) -> dict[str, Any]:
     """The template as a JSON-able dict: the form that is hashed and signed."""
-    privacy: dict[str, Any] = (
-        {"epsilon": t.privacy.epsilon} if t.privacy.epsilon is not None else {"rho": t.privacy.rho}
-    )
+    if t.overlap is not None:
+        from tessera.templates import overlap  # imports this module
+
+        return overlap.to_dict(t)
     return {
         "id": t.id,
         "version": t.version,
@@ -656,15 +721,7 @@ def to_dict(t: Template) -> dict[str, Any]:
         "filters": [_filter_dict(x) for x in t.filters],
         "group_by": [_dim_dict(x) for x in t.group_by],
         "statistic": _stat_dict(t.statistic),
-        "privacy": privacy,
+        "privacy": privacy_dict(t),
         "output": {"min_count": t.output.min_count, "round_to": t.output.round_to},
-        "access": {
-            "analysts": [{"name": a.name, "key": a.key} for a in t.access.analysts],
-            "expires": t.access.expires.isoformat(),
-            "quorum": t.access.quorum,
-            "per_node_breakdown": t.access.per_node_breakdown,
-            # Only when declared, so templates without it keep their digests.
-            **({"participants": list(t.access.participants)} if t.access.participants else {}),
-            **({"threshold": t.access.threshold} if t.access.threshold else {}),
-        },
+        "access": access_dict(t),
     }

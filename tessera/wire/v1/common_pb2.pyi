@@ -44,7 +44,7 @@ class _ModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Mode.ValueType],
     only the total (MaskedVector, ProtocolRound).
     """
     MODE_OVERLAP: _Mode.ValueType  # 4
-    """Reserved: private set intersection cardinality across agencies."""
+    """Private set intersection cardinality across agencies (ProtocolRound, overlap.proto)."""
 
 class Mode(_Mode, metaclass=_ModeEnumTypeWrapper):
     """How the answers of several nodes are combined. The analyst signs the mode,
@@ -61,7 +61,7 @@ MODE_SECURE_AGGREGATION: Mode.ValueType  # 3
 only the total (MaskedVector, ProtocolRound).
 """
 MODE_OVERLAP: Mode.ValueType  # 4
-"""Reserved: private set intersection cardinality across agencies."""
+"""Private set intersection cardinality across agencies (ProtocolRound, overlap.proto)."""
 Global___Mode: _TypeAlias = Mode  # noqa: Y015
 
 @_typing.final

@@ -86,8 +86,8 @@ class NodeServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ProtocolRound(self, request, context):
-        """Reserved for the rounds of secure aggregation and overlap counting.
-        Answers UNIMPLEMENTED in this version.
+        """One message of a secure-aggregation session (secagg.proto) or, for a session id
+        "{request_id}/overlap/{attempt}", of an overlap count (overlap.proto, OverlapRound).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

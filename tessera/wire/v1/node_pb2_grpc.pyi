@@ -38,8 +38,8 @@ class NodeServiceStub:
     GetBudget: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetBudgetRequest, _node_pb2.GetBudgetReply]
     """Spent and remaining privacy budget per dataset version."""
     ProtocolRound: _grpc.UnaryUnaryMultiCallable[_node_pb2.ProtocolRoundRequest, _node_pb2.ProtocolRoundReply]
-    """Reserved for the rounds of secure aggregation and overlap counting.
-    Answers UNIMPLEMENTED in this version.
+    """One message of a secure-aggregation session (secagg.proto) or, for a session id
+    "{request_id}/overlap/{attempt}", of an overlap count (overlap.proto, OverlapRound).
     """
     ExportAudit: _grpc.UnaryUnaryMultiCallable[_node_pb2.ExportAuditRequest, _node_pb2.ExportAuditReply]
     """Operator only: the signed audit log from a sequence number on."""
@@ -54,8 +54,8 @@ class NodeServiceAsyncStub(NodeServiceStub):
     GetBudget: _aio.UnaryUnaryMultiCallable[_node_pb2.GetBudgetRequest, _node_pb2.GetBudgetReply]  # type: ignore[assignment]
     """Spent and remaining privacy budget per dataset version."""
     ProtocolRound: _aio.UnaryUnaryMultiCallable[_node_pb2.ProtocolRoundRequest, _node_pb2.ProtocolRoundReply]  # type: ignore[assignment]
-    """Reserved for the rounds of secure aggregation and overlap counting.
-    Answers UNIMPLEMENTED in this version.
+    """One message of a secure-aggregation session (secagg.proto) or, for a session id
+    "{request_id}/overlap/{attempt}", of an overlap count (overlap.proto, OverlapRound).
     """
     ExportAudit: _aio.UnaryUnaryMultiCallable[_node_pb2.ExportAuditRequest, _node_pb2.ExportAuditReply]  # type: ignore[assignment]
     """Operator only: the signed audit log from a sequence number on."""
@@ -91,8 +91,8 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _node_pb2.ProtocolRoundRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_node_pb2.ProtocolRoundReply, _abc.Awaitable[_node_pb2.ProtocolRoundReply]]:
-        """Reserved for the rounds of secure aggregation and overlap counting.
-        Answers UNIMPLEMENTED in this version.
+        """One message of a secure-aggregation session (secagg.proto) or, for a session id
+        "{request_id}/overlap/{attempt}", of an overlap count (overlap.proto, OverlapRound).
         """
 
     @_abc_1.abstractmethod

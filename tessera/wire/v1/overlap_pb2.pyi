@@ -57,6 +57,50 @@ OVERLAP_STEP_PAD_REPORT: OverlapStep.ValueType  # 4
 """A party's sealed report to the counter: padding per sub-set, noisy "not linkable" counts."""
 Global___OverlapStep: _TypeAlias = OverlapStep  # noqa: Y015
 
+class _OverlapAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OverlapActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OverlapAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OVERLAP_ACTION_UNSPECIFIED: _OverlapAction.ValueType  # 0
+    OVERLAP_ACTION_OPEN: _OverlapAction.ValueType  # 1
+    """With the signed template and request: authorise, join, reply with signed hellos."""
+    OVERLAP_ACTION_HELLOS: _OverlapAction.ValueType  # 2
+    """Every signed hello of the session; the noise party replies with its dummy plans."""
+    OVERLAP_ACTION_DELIVER: _OverlapAction.ValueType  # 3
+    """Relayed messages for this node (a party's, or the counter's when it hosts it)."""
+    OVERLAP_ACTION_START: _OverlapAction.ValueType  # 4
+    """Pay the charge, then reply with this party's own blinded sets and pad report."""
+    OVERLAP_ACTION_RESULT: _OverlapAction.ValueType  # 5
+    """To the counting node: the signed release."""
+    OVERLAP_ACTION_CLOSE: _OverlapAction.ValueType  # 6
+    """The session is over (released or aborted): the node forgets its keys and members."""
+    OVERLAP_ACTION_PULL: _OverlapAction.ValueType  # 7
+    """The next page of the node's outgoing messages (after a reply with `more`)."""
+
+class OverlapAction(_OverlapAction, metaclass=_OverlapActionEnumTypeWrapper):
+    """-- Over the federation: a node's ProtocolRound for session "{request_id}/overlap/{attempt}".
+    The coordinator relays; the counting node is a party (docs/overlap.md, "The wiring").
+    """
+
+OVERLAP_ACTION_UNSPECIFIED: OverlapAction.ValueType  # 0
+OVERLAP_ACTION_OPEN: OverlapAction.ValueType  # 1
+"""With the signed template and request: authorise, join, reply with signed hellos."""
+OVERLAP_ACTION_HELLOS: OverlapAction.ValueType  # 2
+"""Every signed hello of the session; the noise party replies with its dummy plans."""
+OVERLAP_ACTION_DELIVER: OverlapAction.ValueType  # 3
+"""Relayed messages for this node (a party's, or the counter's when it hosts it)."""
+OVERLAP_ACTION_START: OverlapAction.ValueType  # 4
+"""Pay the charge, then reply with this party's own blinded sets and pad report."""
+OVERLAP_ACTION_RESULT: OverlapAction.ValueType  # 5
+"""To the counting node: the signed release."""
+OVERLAP_ACTION_CLOSE: OverlapAction.ValueType  # 6
+"""The session is over (released or aborted): the node forgets its keys and members."""
+OVERLAP_ACTION_PULL: OverlapAction.ValueType  # 7
+"""The next page of the node's outgoing messages (after a reply with `more`)."""
+Global___OverlapAction: _TypeAlias = OverlapAction  # noqa: Y015
+
 @_typing.final
 class OverlapHello(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -311,3 +355,93 @@ class OverlapMessage(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___OverlapMessage: _TypeAlias = OverlapMessage  # noqa: Y015
+
+@_typing.final
+class OverlapSignedHello(_message.Message):
+    """A per-query hello (a serialized OverlapMessage) signed by the sending node's identity
+    key under "tessera/v1/overlap-hello\\0"; checked against the approver-signed roster.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PARTY_FIELD_NUMBER: _builtins.int
+    HELLO_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    party: _builtins.int
+    hello: _builtins.bytes
+    signature: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        party: _builtins.int = ...,
+        hello: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hello", b"hello", "party", b"party", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverlapSignedHello: _TypeAlias = OverlapSignedHello  # noqa: Y015
+
+@_typing.final
+class OverlapRouted(_message.Message):
+    """One relayed message and its recipient (a party index, or 65535 for the counter)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TO_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    to: _builtins.int
+    message: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        to: _builtins.int = ...,
+        message: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "to", b"to"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverlapRouted: _TypeAlias = OverlapRouted  # noqa: Y015
+
+@_typing.final
+class OverlapRound(_message.Message):
+    """ProtocolRoundRequest.payload and ProtocolRoundReply.payload of an overlap session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    HELLOS_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    action: Global___OverlapAction.ValueType
+    release: _builtins.bytes
+    """RESULT reply: the counting node's release payload (canonical JSON) its statement signs."""
+    more: _builtins.bool
+    """The reply holds one page of the node's outgoing messages; PULL for the next."""
+    @_builtins.property
+    def hellos(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverlapSignedHello]: ...
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverlapRouted]: ...
+    def __init__(
+        self,
+        *,
+        action: Global___OverlapAction.ValueType = ...,
+        hellos: _abc.Iterable[Global___OverlapSignedHello] | None = ...,
+        messages: _abc.Iterable[Global___OverlapRouted] | None = ...,
+        release: _builtins.bytes = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "hellos", b"hellos", "messages", b"messages", "more", b"more", "release", b"release"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverlapRound: _TypeAlias = OverlapRound  # noqa: Y015

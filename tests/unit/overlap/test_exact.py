@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from tessera.overlap import group
 from tessera.overlap.protocol import Counter, Kind, OverlapQuery, Party, run_local
 from tessera.overlap.synthetic import AGE_BRACKETS, Region, Rows, brute_force, region
 
@@ -91,3 +92,18 @@ def test_keys_are_normalised_validated_and_deduplicated() -> None:
     counts, not_linkable = _run(q, [a, b])
     assert counts == [1, 1]
     assert not_linkable == {"a": (2, 2), "b": (1,)}
+
+
+@pytest.mark.parametrize(("backend", "threads"), [("openssl", 1), ("sodium", 1), ("sodium", 2)])
+def test_exact_with_each_blinding_backend(
+    synthetic: Region, backend: str, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small chunks, so the ring has many chunks per set and libsodium splits each."""
+    monkeypatch.setattr(group, "BACKEND", backend)
+    monkeypatch.setattr(group, "THREADS", threads)
+    monkeypatch.setattr(group, "_MIN_SPLIT", 8)
+    q = OverlapQuery(
+        os.urandom(16), ("police", "cin"), AGE_BRACKETS, Kind.ALL, category_party=1, chunk_size=97
+    )
+    inputs = [synthetic.police_da, synthetic.cin]
+    assert _run(q, inputs)[0] == brute_force(q, inputs)[0]

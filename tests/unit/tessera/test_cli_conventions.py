@@ -92,7 +92,7 @@ def test_template_show_prints_every_field_of_the_canonical_form(
     assert templates.digest(t) in joined.replace(" ", "")
     # The booleans are said in words.
     assert ("allowed" in shown) and ("per-node breakdown" in shown)
-    for f in canonical["filters"]:
+    for f in canonical.get("filters", []):  # an overlap's are per dataset
         if f["kind"] == "equals":
             assert f"{f['column']} is {str(f['value']).lower()}" in shown
 

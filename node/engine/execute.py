@@ -1,0 +1,457 @@
+"""A template's exact vectors from a frame, with numpy: node/compiler.py's semantics.
+
+`run` returns what `compiler.run` returns for the same template, values and version,
+or None for a shape it does not handle (a column left out of the frame, a frame with
+rank ties), and then the node asks the compiler. Every filter and dimension becomes an
+int32 *part* per row, mostly one lookup table gathered over a column's small codes:
+a dimension's part is its index times its stride, exactly as the compiler's CASE; a
+filter's is 0 where the row passes. A row outside the domain or failing a filter gets
+a large negative part, so the parts' sum is the row's cell, or negative when the row
+does not count (one add per part, no masks). Then the per-unit bound on the frame's
+(unit, keyed rank) order, and np.bincount into the cells. Ages are completed years as
+DuckDB's date_sub('year', ...) computes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tessera.node.compiler import IntVector
+from tessera.node.engine.frame import Column, Frame
+from tessera.templates.model import (
+    ActiveOnFilter,
+    AgeFilter,
+    BandsDim,
+    BetweenFilter,
+    CategoriesDim,
+    Choice,
+    DateRef,
+    Dimension,
+    EqualsFilter,
+    Filter,
+    InFilter,
+    MonthsDim,
+    ParamValue,
+    RangeFilter,
+    StatisticKind,
+    Template,
+)
+
+Mask = npt.NDArray[np.bool_]
+Ints = npt.NDArray[np.int64]
+_EPOCH = date(1970, 1, 1)
+_KINDS = (
+    StatisticKind.COUNT_UNITS,
+    StatisticKind.COUNT_RECORDS,
+    StatisticKind.SUM,
+    StatisticKind.MEAN,
+)
+
+
+class Unsupported(Exception):
+    """The template reads something the frame does not hold: the compiler answers."""
+
+
+def run(
+    frame: Frame,
+    template: Template,
+    values: dict[str, ParamValue],
+    *,
+    exclude_opted_out: bool,
+) -> dict[str, IntVector] | None:
+    if frame.ties:
+        return None
+    try:
+        return _run(frame, template, values, exclude_opted_out)
+    except Unsupported:
+        return None
+
+
+def _run(
+    frame: Frame, t: Template, values: dict[str, ParamValue], exclude: bool
+) -> dict[str, IntVector]:
+    stat = t.statistic
+    if t.overlap is not None or stat.kind not in _KINDS:
+        raise Unsupported(stat.kind.value)
+    n_cells = t.n_cells
+    parts = [_filter(frame, f, values) for f in t.filters]
+    strides = []
+    acc = 1
+    for n in reversed(t.shape):
+        strides.append(acc)
+        acc *= n
+    parts += [
+        _part(frame, d, s, values) for d, s in zip(t.group_by, reversed(strides), strict=True)
+    ]
+    n_fresh = len(parts)
+    if exclude and frame.opted_out is not None:
+        opted_out = frame.opted_out
+        parts.append(frame.cached("opted_out", lambda: _fails(opted_out)))
+    col: Column | None = None
+    if stat.kind in (StatisticKind.SUM, StatisticKind.MEAN):
+        col = _col(frame, stat.column, "int")
+        null = col.null
+        assert null is not None
+        parts.append(frame.cached(("null", stat.column), lambda: _fails(null)))
+    # Parts made for this query come first and the first is summed into in place;
+    # cached parts (the opt-out, NULL values) are only added.
+    cell = parts[0] if parts and n_fresh else np.zeros(frame.n, dtype=np.int32)
+    for part in parts[1 if n_fresh else 0 :]:
+        cell += part
+    if stat.kind is StatisticKind.COUNT_UNITS:
+        chosen = _units(
+            frame, stat.max_cells_per_unit, stat.choose, stat.by, cell >= 0, cell, n_cells
+        )
+        return {"count": np.bincount(cell[chosen], minlength=n_cells).astype(np.int64)}
+    _first_per_unit(frame, cell, stat.max_records_per_unit)
+    # Bin 0 takes every row that does not count; cell c goes to bin c + 1.
+    binned = np.maximum(cell, -1, out=cell)
+    binned += 1
+    counts = np.bincount(binned, minlength=n_cells + 1)[1:].astype(np.int64)
+    if stat.kind is StatisticKind.COUNT_RECORDS:
+        return {"count": counts}
+    assert col is not None
+    # least(greatest(CAST(v AS BIGINT), lower), upper): the column is an integer already.
+    if max(abs(stat.lower), abs(stat.upper)) * max(frame.n, 1) < 1 << 53:
+        # Float sums are exact below 2^53; rows that do not count land in bin 0.
+        coded = _coded(frame, stat.column, "int")
+        if coded is not None:
+            clamped = np.clip(coded.values(), stat.lower, stat.upper).astype(np.float64)
+            weights = coded.lut(clamped, 0.0)
+        else:
+            weights = np.clip(col.values.astype(np.int64), stat.lower, stat.upper).astype(
+                np.float64
+            )
+        sums = np.bincount(binned, weights=weights, minlength=n_cells + 1)
+        sum_vec = np.rint(sums[1:]).astype(np.int64)
+    else:
+        total = np.zeros(n_cells + 1, dtype=np.int64)
+        np.add.at(total, binned, np.clip(col.values.astype(np.int64), stat.lower, stat.upper))
+        sum_vec = total[1:]
+    if stat.kind is StatisticKind.SUM:
+        return {"sum": sum_vec}
+    return {"sum": sum_vec, "count": counts}
+
+
+# A row's part when it fails a filter or lies outside a dimension's domain: the sum of
+# a row's parts is negative exactly when one of them is (valid parts sum below 2^14).
+_OUT = np.int32(-(1 << 20))
+Part = npt.NDArray[np.int32]
+
+
+def _fails(mask: Mask) -> Part:
+    """_OUT where `mask`, else 0."""
+    return mask.astype(np.int32) * _OUT
+
+
+def _col(frame: Frame, name: str | None, kind: str) -> Column:
+    col = frame.columns.get(name) if name is not None else None
+    if col is None or col.kind != kind:
+        raise Unsupported(name)
+    return col
+
+
+def _day(ref: DateRef, values: dict[str, ParamValue]) -> date:
+    v = values[ref.param] if ref.param is not None else ref.fixed
+    assert isinstance(v, date)
+    return v
+
+
+def _days(d: date) -> int:
+    return (d - _EPOCH).days
+
+
+# --- columns as small codes -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Coded:
+    """A column as small unsigned codes: 0 is NULL, code i + 1 the value lo + i (for
+    dictionary and boolean columns, lo + i is the dictionary code or 0/1). A lookup
+    table is gathered with np.take (non-negative small indices: the fastest gather
+    measured)."""
+
+    codes: npt.NDArray[np.unsignedinteger[Any]]
+    lo: int
+    size: int
+
+    def values(self) -> Ints:
+        return np.arange(self.size, dtype=np.int64) + self.lo
+
+    def lut(self, table: npt.NDArray[Any], null: Any) -> npt.NDArray[Any]:
+        full = np.concatenate((np.array([null], dtype=table.dtype), table))
+        return np.take(full, self.codes)
+
+    def parts(self, index: npt.NDArray[Any], null_index: int, stride: int) -> Part:
+        """Parts from each value's declared index (-1: outside)."""
+        table = np.where(index >= 0, index.astype(np.int64) * stride, _OUT).astype(np.int32)
+        null = np.int32(null_index * stride) if null_index >= 0 else _OUT
+        return self.lut(table, null)
+
+    def passes(self, table: Mask, null: bool) -> Part:
+        return self.lut(np.where(table, 0, _OUT).astype(np.int32), 0 if null else _OUT)
+
+
+def _coded(frame: Frame, name: str | None, kind: str, what: str = "") -> Coded | None:
+    """`name` coded (a date column by day, or with what="month" by month), or None
+    when its values span too wide a range for 16-bit codes."""
+    col = _col(frame, name, kind)
+    assert name is not None
+
+    def make() -> Coded | None:
+        values: npt.NDArray[Any] = col.values
+        if kind in ("code", "bool"):  # -1 is NULL already
+            size = len(col.dictionary) if kind == "code" else 2
+            return Coded((values + 1).astype(np.uint8 if size < 255 else np.uint16), 0, size)
+        assert col.null is not None
+        if what == "month":
+            p = frame.date_parts(name)
+            values = p.year * 12 + p.month - 1
+        valid = ~col.null
+        if not valid.any():
+            return Coded(np.zeros(frame.n, dtype=np.uint8), 0, 0)
+        lo, hi = int(values[valid].min()), int(values[valid].max())
+        if hi - lo >= (1 << 16) - 2:
+            return None
+        dtype = np.uint8 if hi - lo < 254 else np.uint16
+        codes: npt.NDArray[np.unsignedinteger[Any]] = (values.astype(np.int64) - (lo - 1)).astype(
+            dtype
+        )
+        codes[col.null] = 0
+        return Coded(codes, lo, hi - lo + 1)
+
+    got: Coded | None = frame.cached(("coded", name, what), make)
+    return got
+
+
+# --- filters ------------------------------------------------------------------------
+
+
+def _filter(frame: Frame, f: Filter, values: dict[str, ParamValue]) -> Part:
+    if isinstance(f, InFilter):
+        col = _col(frame, f.column, "code")
+        allowed = (values[f.param],) if f.param is not None else f.values
+        table = np.array([w in allowed for w in col.dictionary], dtype=np.bool_)
+        return _known(frame, f.column, "code").passes(table, False)
+    if isinstance(f, EqualsFilter):
+        table = np.array([not f.value, f.value], dtype=np.bool_)
+        return _known(frame, f.column, "bool").passes(table, False)
+    if isinstance(f, RangeFilter):
+        return _test(frame, f.column, "int", lambda v: (v >= f.min) & (v <= f.max), False)
+    if isinstance(f, BetweenFilter):
+        lo, hi = _days(_day(f.start, values)), _days(_day(f.end, values))
+        return _test(frame, f.column, "date", lambda v: (v >= lo) & (v <= hi), False)
+    if isinstance(f, ActiveOnFilter):
+        on = _days(_day(f.on, values))
+        # start <= on AND (end IS NULL OR end > on)
+        part = _test(frame, f.start_column, "date", lambda v: v <= on, False)
+        part += _test(frame, f.end_column, "date", lambda v: v > on, True)
+        return part
+    assert isinstance(f, AgeFilter)
+    age, missing = _age(frame, f.birth_column, f.at, f.at_column, values)
+    return _fails(missing | (age < f.min) | (age > f.max))
+
+
+def _known(frame: Frame, name: str, kind: str) -> Coded:
+    coded = _coded(frame, name, kind)
+    assert coded is not None  # dictionary and boolean columns are always coded
+    return coded
+
+
+def _test(frame: Frame, name: str, kind: str, test: Any, null: bool) -> Part:
+    """A filter's part from test(values) on an int or date column; `null` for NULL."""
+    coded = _coded(frame, name, kind)
+    if coded is not None:
+        return coded.passes(test(coded.values()), null)
+    col = _col(frame, name, kind)
+    assert col.null is not None
+    ok: Mask = test(col.values)
+    return _fails(~(ok | col.null) if null else ~ok | col.null)
+
+
+def _age(
+    frame: Frame,
+    birth_column: str,
+    at: DateRef | None,
+    at_column: str | None,
+    values: dict[str, ParamValue],
+) -> tuple[Ints, Mask]:
+    """Completed years from birth to the date, as DuckDB's date_sub('year', b, a):
+    whole months from the earlier date to the later (a day-of-month short of the start
+    day is a month short, unless the later date is its month's last day), over 12,
+    negated when the birth date is the later one. Returns (age, NULL mask)."""
+    birth = _col(frame, birth_column, "date")
+    b = frame.date_parts(birth_column)
+    assert birth.null is not None
+    if at_column is not None:
+        a_col = _col(frame, at_column, "date")
+        assert a_col.null is not None
+        a = frame.date_parts(at_column)
+        a_days: Any = a_col.values
+        ay: Any = a.year
+        am: Any = a.month
+        ad: Any = a.day
+        a_end: Any = a.month_end
+        missing = birth.null | a_col.null
+    else:
+        assert at is not None
+        d = _day(at, values)
+        a_days, ay, am, ad = _days(d), d.year, d.month, d.day
+        a_end = (date.fromordinal(d.toordinal() + 1)).day == 1
+        missing = birth.null
+    swap = birth.values > a_days  # born after the date: count backwards
+    sy, sm, sd = np.where(swap, ay, b.year), np.where(swap, am, b.month), np.where(swap, ad, b.day)
+    ey, em, ed = np.where(swap, b.year, ay), np.where(swap, b.month, am), np.where(swap, b.day, ad)
+    e_end = np.where(swap, b.month_end, a_end)
+    months = (ey - sy).astype(np.int64) * 12 + (em - sm) - ((ed < sd) & ~e_end)
+    years = months // 12
+    return np.where(swap, -years, years), missing
+
+
+# --- dimensions --------------------------------------------------------------------------
+
+
+def _part(frame: Frame, d: Dimension, stride: int, values: dict[str, ParamValue]) -> Part:
+    """This dimension's index times its stride, per row (_OUT outside the domain)."""
+    if isinstance(d, CategoriesDim):
+        col = _col(frame, d.column, "code")
+        other = len(d.categories) if d.other is not None else -1
+        index = np.full(len(col.dictionary), other, dtype=np.int64)
+        for i, word in enumerate(col.dictionary):
+            for j, c in enumerate(d.categories):
+                if word in c.codes:
+                    index[i] = j
+        # NULL: `unknown` when declared, else on to `other` (the CASE's ELSE) or nowhere.
+        null = len(d.labels) - 1 if d.unknown is not None else other
+        return _known(frame, d.column, "code").parts(index, null, stride)
+    if isinstance(d, BandsDim):
+        unknown = len(d.bands) if d.unknown is not None else -1
+        if d.column is not None:
+            coded = _coded(frame, d.column, "int")
+            if coded is not None:
+                return coded.parts(_band(coded.values(), d), unknown, stride)
+            col = _col(frame, d.column, "int")
+            assert col.null is not None
+            v, missing = col.values.astype(np.int64), col.null
+        else:
+            assert d.birth_column is not None
+            v, missing = _age(frame, d.birth_column, d.at, d.at_column, values)
+        index = _band(v, d).astype(np.int64)
+        index[missing] = unknown
+        return np.where(index >= 0, index * stride, _OUT).astype(np.int32)
+    assert isinstance(d, MonthsDim)
+    first = d.first[0] * 12 + d.first[1] - 1
+    coded = _coded(frame, d.column, "date", "month")
+    if coded is not None:
+        k = coded.values() - first
+        return coded.parts(np.where((k >= 0) & (k < len(d.labels)), k, -1), -1, stride)
+    col = _col(frame, d.column, "date")
+    assert col.null is not None
+    p = frame.date_parts(d.column)
+    k = p.year.astype(np.int64) * 12 + p.month - 1 - first
+    ok = (k >= 0) & (k < len(d.labels)) & ~col.null
+    return np.where(ok, k * stride, _OUT).astype(np.int32)
+
+
+def _band(v: Ints, d: BandsDim) -> npt.NDArray[np.int16]:
+    """The declared index of the band holding each value, -1 for none (bands do not overlap)."""
+    order = sorted(range(len(d.bands)), key=lambda i: d.bands[i].min)
+    mins = np.array([d.bands[i].min for i in order], dtype=np.int64)
+    maxs = np.array([d.bands[i].max for i in order], dtype=np.int64)
+    which = np.array(order, dtype=np.int16)
+    p = np.searchsorted(mins, v, side="right") - 1
+    pc = np.clip(p, 0, None)
+    ok = (p >= 0) & (v <= maxs[pc])
+    return np.where(ok, which[pc], -1).astype(np.int16)
+
+
+# --- the per-unit bound -------------------------------------------------------------------
+
+
+def _first_per_unit(frame: Frame, cell: Part, cap: int) -> None:
+    """Keep each unit's first `cap` counting rows in keyed order: the others' cells are
+    set negative. Units with at most `cap` records keep every row, so only the rows of
+    the others are looked at."""
+    big = frame.cached(("big", cap), lambda: _big_rows(frame, cap))
+    if big is None:
+        return
+    rows, starts, seg = big
+    sub = cell[rows] >= 0
+    cs = np.cumsum(sub, dtype=np.int32)
+    before = cs[starts] - sub[starts]  # counting rows of the big units before this one
+    over = sub & (cs - before[seg] > cap)
+    cell[rows[over]] = _OUT
+
+
+def _big_rows(frame: Frame, cap: int) -> tuple[Ints, Ints, Ints] | None:
+    """The rows of units with more than `cap` records, where each such unit starts
+    among them, and which of them each row belongs to."""
+    big_units = np.flatnonzero(frame.counts > cap)
+    if not len(big_units):
+        return None
+    sizes = frame.counts[big_units]
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+    rows = np.repeat(frame.starts[big_units] - starts, sizes) + np.arange(int(sizes.sum()))
+    seg = np.repeat(np.arange(len(big_units)), sizes)
+    return rows.astype(np.int64), starts, seg.astype(np.int64)
+
+
+def _units(
+    frame: Frame,
+    max_cells: int,
+    choose: Choice | None,
+    by: str | None,
+    mask: Mask,
+    cell: npt.NDArray[np.int32],
+    n_cells: int,
+) -> Ints:
+    """count_units: the rows whose cells a unit is counted in (one row per cell)."""
+    idx = np.flatnonzero(mask)
+    units = frame.unit_of_row[idx]
+    if choose is None:
+        key: Ints | None = None
+    else:
+        col = _col(frame, by, "date")
+        assert col.null is not None
+        sign = -1 if choose is Choice.LATEST else 1
+        # Dated records first, latest (or earliest) first; undated ones last; then keyed.
+        key = np.where(col.null[idx], np.int64(1 << 40), sign * col.values[idx].astype(np.int64))
+    if max_cells == 1:
+        if key is None:
+            return idx[_segment_starts(units)]
+        change = _changes(units)
+        seg = np.flatnonzero(change)
+        lowest = np.minimum.reduceat(key, seg) if len(seg) else key[:0]
+        seg_of = np.cumsum(change) - 1
+        at_min = np.flatnonzero(key == lowest[seg_of])
+        return idx[at_min[_segment_starts(units[at_min])]]
+    if key is not None:
+        order = np.lexsort((idx, key, units))
+        idx, units = idx[order], units[order]
+    pair = units.astype(np.int64) * n_cells + cell[idx]
+    _, first = np.unique(pair, return_index=True)
+    first.sort()
+    f_units = units[first]
+    starts = _segment_starts(f_units)
+    seg = np.repeat(starts, np.diff(np.append(starts, len(first))))
+    rank = np.arange(len(first)) - seg
+    out: Ints = idx[first[rank < max_cells]]
+    return out
+
+
+def _changes(units: npt.NDArray[np.int32]) -> Mask:
+    """True where a run of equal unit codes begins."""
+    change = np.empty(len(units), dtype=np.bool_)
+    if len(units):
+        change[0] = True
+        np.not_equal(units[1:], units[:-1], out=change[1:])
+    return change
+
+
+def _segment_starts(units: npt.NDArray[np.int32]) -> Ints:
+    return np.flatnonzero(_changes(units))

@@ -1,0 +1,340 @@
+"""A dataset version's source as numpy columns, sorted by (unit, keyed rank).
+
+Built once per (version, source, node secret) by one streaming DuckDB scan of the
+source's SQL, then sorted in numpy. The rank is computed by DuckDB with exactly the
+compiler's expression, so the frame's order within a unit is the compiler's keyed
+order; it depends on the node secret, so a frame lives only in memory (never
+persisted) and is keyed by the secret's order words.
+
+Columns are encoded for numpy: code/text columns as small dictionary codes (NULL is
+-1, so a lookup table with one extra last slot maps NULL by negative indexing), dates
+as int32 days since 1970-01-01 with a NULL mask, integers as int64 with a NULL mask,
+booleans as int8 (-1 NULL). A text column with too many distinct values (identifiers)
+is left out: a template that reads it is answered by the compiler instead.
+
+The compiler orders a unit's records by (rank >> 14, cell); the frame orders them by
+rank. The two agree unless two records of one unit share (rank >> 14) yet differ in
+some encoded column (then their cells might differ and their order with them): the
+frame counts such pairs in `ties`, and the executor declines any frame with ties
+(about 2^-50 per pair of records; identical records share their rank and are
+interchangeable, so they are no tie).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Final, Literal
+
+import duckdb
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tessera import schemas
+from tessera.node.compiler import order_words
+
+# More distinct values than this and a text column is an identifier, not a code.
+MAX_DICTIONARY: Final = 4096
+_BATCH_ROWS: Final = 1 << 20
+# Dates outside these years are left to the compiler (DuckDB's date range is wider
+# than numpy's simple day arithmetic needs to handle).
+_MIN_DAY: Final = -25567  # 1900-01-01
+_MAX_DAY: Final = 116528  # 2289-01-01
+_CELL_BITS: Final = 14
+_EPOCH: Final = date(1970, 1, 1)
+
+Kind = Literal["code", "int", "date", "bool"]
+Array = npt.NDArray[Any]
+
+
+@dataclass(frozen=True)
+class Column:
+    kind: Kind
+    values: Array  # codes int16 (-1 NULL) | int64 | int32 days | int8 (-1 NULL)
+    null: npt.NDArray[np.bool_] | None = None  # int and date columns
+    dictionary: tuple[str, ...] = ()  # code columns: the string of each code
+
+
+@dataclass(frozen=True)
+class DateParts:
+    """A date column split for completed-years arithmetic (DuckDB's date_sub)."""
+
+    year: npt.NDArray[np.int32]
+    month: npt.NDArray[np.int32]
+    day: npt.NDArray[np.int32]
+    month_end: npt.NDArray[np.bool_]  # the last day of its month
+
+
+@dataclass
+class Frame:
+    n: int
+    unit_of_row: npt.NDArray[np.int32]
+    starts: npt.NDArray[np.int64]  # first row of each unit
+    counts: npt.NDArray[np.int64]  # records of each unit
+    opted_out: npt.NDArray[np.bool_] | None  # per row: its unit has an opted-out record
+    columns: dict[str, Column]
+    ties: int
+    _cache: dict[Any, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def n_units(self) -> int:
+        return len(self.starts)
+
+    def cached(self, key: Any, make: Callable[[], Any]) -> Any:
+        """A derived array, made once (frames are shared between threads)."""
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        value = make()
+        with self._lock:
+            return self._cache.setdefault(key, value)
+
+    def date_parts(self, name: str) -> DateParts:
+        col = self.columns[name]
+        return self.cached(("parts", name), lambda: date_parts(col.values))  # type: ignore[no-any-return]
+
+
+def date_parts(days: npt.NDArray[np.int32]) -> DateParts:
+    d = days.astype("datetime64[D]")
+    months = d.astype("datetime64[M]")
+    years = months.astype("datetime64[Y]")
+    month0 = months.astype(np.int64) - years.astype(np.int64) * 12
+    day = (d - months).astype(np.int64) + 1
+    next_month = (months + 1).astype("datetime64[D]")
+    month_end = (next_month - d).astype(np.int64) == 1
+    return DateParts(
+        (years.astype(np.int64) + 1970).astype(np.int32),
+        (month0 + 1).astype(np.int32),
+        day.astype(np.int32),
+        month_end,
+    )
+
+
+def _days(d: Any) -> int:
+    return int((d - _EPOCH).days)
+
+
+def _q(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class _Encoder:
+    """Fills one column's numpy array batch by batch (allocated once: no concatenation)."""
+
+    def __init__(self, name: str, kind: Kind, n: int, dtype: Any) -> None:
+        self.name, self.kind = name, kind
+        self.values: Array = np.empty(n, dtype=dtype)
+        self.null = np.empty(n, dtype=np.bool_) if kind in ("int", "date") else None
+        self.codes: dict[str, int] = {}
+        self.ok = True
+
+    def add(self, arr: pa.Array, at: int) -> None:
+        if not self.ok:
+            return
+        end = at + len(arr)
+        if self.kind == "code":
+            enc = pc.dictionary_encode(arr)
+            words = enc.dictionary.to_pylist()
+            remap = np.empty(len(words) + 1, dtype=np.int16)
+            remap[-1] = -1
+            for i, w in enumerate(words):
+                remap[i] = self.codes.setdefault(w, len(self.codes))
+            if len(self.codes) > MAX_DICTIONARY:
+                self.ok = False  # an identifier column: left to the compiler
+                self.values = np.empty(0, dtype=np.int16)
+                return
+            idx = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False)
+            self.values[at:end] = remap[idx]
+        elif self.kind == "bool":
+            v = pc.fill_null(pc.cast(arr, pa.int8()), -1).to_numpy(zero_copy_only=False)
+            self.values[at:end] = v
+        else:
+            assert self.null is not None
+            target = pa.int32() if self.kind == "date" else pa.int64()
+            self.null[at:end] = arr.is_null().to_numpy(zero_copy_only=False)
+            self.values[at:end] = pc.fill_null(pc.cast(arr, target), 0).to_numpy(
+                zero_copy_only=False
+            )
+
+    def finish(self, order: npt.NDArray[np.int32]) -> Column | None:
+        if not self.ok:
+            return None
+        values = self.values[order]
+        del self.values
+        null = self.null[order] if self.null is not None else None
+        self.null = None
+        words = tuple(sorted(self.codes, key=self.codes.__getitem__))
+        return Column(self.kind, values, null, words)
+
+
+def _narrowest(lo: int, hi: int) -> type[np.signedinteger[Any]]:
+    for t in (np.int8, np.int16, np.int32):
+        info = np.iinfo(t)
+        if info.min <= lo and hi <= info.max:
+            return t
+    return np.int64
+
+
+_KINDS: Final[dict[str, Kind]] = {
+    "VARCHAR": "code",
+    "DATE": "date",
+    "BIGINT": "int",
+    "INTEGER": "int",
+    "SMALLINT": "int",
+    "TINYINT": "int",
+    "BOOLEAN": "bool",
+}
+
+
+def build(
+    con: duckdb.DuckDBPyConnection, dataset: str, source: str, order_key: bytes
+) -> Frame | None:
+    """The frame of one source of the version open on `con`, or None when the source
+    cannot be framed exactly (two units with the same 64-bit hash: detected by a
+    second hash of the unit that differs)."""
+    ds = schemas.dataset(dataset)
+    assert ds is not None
+    src = ds.sources[source]
+    k1, k2 = order_words(order_key)
+    cur = con.cursor()
+    try:
+        described = cur.execute(f"DESCRIBE WITH src AS ({src.sql}) SELECT * FROM src")
+        types = {str(row[0]): str(row[1]) for row in described.fetchall()}
+        framed = [
+            (c.name, _KINDS[types[c.name]])
+            for c in src.columns
+            if c.name != src.unit and types.get(c.name, "") in _KINDS
+        ]
+        # The row count and each int or date column's range first: every array is
+        # allocated once, at its narrowest type.
+        ranged = [name for name, kind in framed if kind in ("int", "date")]
+        stats_sql = "".join(f", min({_q(c)}), max({_q(c)})" for c in ranged)
+        row = cur.execute(
+            f"WITH src AS ({src.sql}) SELECT count({_q(src.unit)}){stats_sql} FROM src"
+        ).fetchone()
+        assert row is not None
+        n = int(row[0])
+        bounds = {c: (row[1 + 2 * i], row[2 + 2 * i]) for i, c in enumerate(ranged)}
+        encoders = []
+        for name, kind in framed:
+            dtype: Any = {"code": np.int16, "bool": np.int8, "date": np.int32}.get(kind)
+            lo, hi = bounds.get(name, (None, None))
+            if kind == "date" and lo is not None:
+                if _days(lo) < _MIN_DAY or _days(hi) > _MAX_DAY:
+                    continue  # dates numpy's day arithmetic is not checked for
+            if kind == "int":
+                dtype = _narrowest(int(lo), int(hi)) if lo is not None else np.int8
+            encoders.append(_Encoder(name, kind, n, dtype))
+        opt = ds.opt_out_column
+        cols = "".join(f", {_q(e.name)}" for e in encoders)
+        out_sql = f", coalesce({_q(opt)}, TRUE) AS _oo" if opt is not None else ""
+        # _hu groups the units; _h2 (a second hash of the unit) tells two units whose
+        # _hu collide apart; _r is the compiler's keyed rank, bound the same way.
+        sql = (
+            f"WITH src AS ({src.sql}) SELECT hash(_u) AS _hu, "
+            f"hash(CAST(_u AS VARCHAR) || '/') AS _h2, _r{out_sql}{cols} "
+            f"FROM (SELECT {_q(src.unit)} AS _u, "
+            "hash(xor(hash(xor(hash(src), ?::UBIGINT)), ?::UBIGINT)) AS _r, * FROM src) "
+            "WHERE _u IS NOT NULL"
+        )
+        reader = cur.sql(sql, params=[k1, k2]).to_arrow_reader(_BATCH_ROWS)
+        hu = np.empty(n, dtype=np.uint64)
+        h2 = np.empty(n, dtype=np.uint32)  # low bits suffice to tell a collision apart
+        r = np.empty(n, dtype=np.uint64)
+        oo = np.empty(n, dtype=np.bool_) if opt is not None else None
+        base = 4 if opt is not None else 3
+        at = 0
+        for batch in reader:
+            end = at + batch.num_rows
+            hu[at:end] = batch.column(0).to_numpy(zero_copy_only=False)
+            h2[at:end] = batch.column(1).to_numpy(zero_copy_only=False)
+            r[at:end] = batch.column(2).to_numpy(zero_copy_only=False)
+            if oo is not None:
+                oo[at:end] = batch.column(3).to_numpy(zero_copy_only=False)
+            for j, e in enumerate(encoders):
+                e.add(batch.column(base + j), at)
+            at = end
+        assert at == n
+        del reader
+    finally:
+        cur.close()
+    sorted_ = _sort(hu, h2, r)
+    del hu, h2, r
+    pa.default_memory_pool().release_unused()
+    if sorted_ is None:
+        return None
+    order, new_unit, r = sorted_
+    unit_of_row = (np.cumsum(new_unit, dtype=np.int32) - 1).astype(np.int32)
+    starts = np.flatnonzero(new_unit).astype(np.int64)
+    counts = np.diff(np.append(starts, n)).astype(np.int64)
+    columns = {}
+    for e in encoders:
+        col = e.finish(order)
+        if col is not None:
+            columns[e.name] = col
+    opted_out = None
+    if oo is not None:
+        oo = oo[order]
+        per_unit = np.bitwise_or.reduceat(oo, starts) if n else np.zeros(0, np.bool_)
+        opted_out = per_unit[unit_of_row]
+    ties = count_ties(r, new_unit, list(columns.values()))
+    return Frame(n, unit_of_row, starts, counts, opted_out, columns, ties)
+
+
+def _sort(
+    hu: npt.NDArray[np.uint64], h2: npt.NDArray[np.uint32], r: npt.NDArray[np.uint64]
+) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.bool_], npt.NDArray[np.uint64]] | None:
+    """The row order by (unit, rank), where each unit's records start, and the ranks in
+    that order; None when two units' hashes collide. Two argsorts of one 64-bit key
+    each (a lexsort of two keys measured about twice as slow at 10^7 rows); arrays are
+    dropped as soon as they are used, to keep the peak low."""
+    n = len(hu)
+    by_unit = np.argsort(hu).astype(np.int32)
+    hs = hu[by_unit]
+    new_unit = np.empty(n, dtype=np.bool_)
+    if n:
+        new_unit[0] = True
+        np.not_equal(hs[1:], hs[:-1], out=new_unit[1:])
+    del hs
+    h2s = h2[by_unit]
+    if n and np.any(~new_unit[1:] & (h2s[1:] != h2s[:-1])):
+        return None  # two units share hash(unit): leave this source to the compiler
+    del h2s
+    unit = np.cumsum(new_unit, dtype=np.int32) - 1
+    ub = max(1, int(unit[-1]).bit_length()) if n else 1
+    rs = r[by_unit]
+    # The unit in the high bits, the rank's top bits below: one key, one sort.
+    key = unit.astype(np.uint64)
+    key <<= np.uint64(64 - ub)
+    key |= rs >> np.uint64(ub)
+    within = np.argsort(key).astype(np.int32)
+    del key
+    r_sorted = rs[within]
+    if n and np.any(~new_unit[1:] & (r_sorted[1:] < r_sorted[:-1])):
+        # Two ranks of one unit agree in their top bits: sort on the full rank.
+        within = np.lexsort((rs, unit)).astype(np.int32)
+        r_sorted = rs[within]
+    del rs, unit
+    return by_unit[within], new_unit, r_sorted
+
+
+def count_ties(
+    r: npt.NDArray[np.uint64], new_unit: npt.NDArray[np.bool_], columns: list[Column]
+) -> int:
+    """Pairs of one unit's records, adjacent in rank order, with equal (rank >> 14) but
+    different content: the compiler orders those by cell, the frame cannot."""
+    same = ~new_unit[1:] & ((r[1:] >> _CELL_BITS) == (r[:-1] >> _CELL_BITS))
+    pairs = np.flatnonzero(same)
+    if not len(pairs):
+        return 0
+    differ = np.zeros(len(pairs), dtype=np.bool_)
+    for col in columns:
+        differ |= col.values[pairs] != col.values[pairs + 1]
+        if col.null is not None:
+            differ |= col.null[pairs] != col.null[pairs + 1]
+    return int(differ.sum())
