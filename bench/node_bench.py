@@ -23,6 +23,8 @@ from bench.data import DATASET, TABLE, Generated
 from tessera import templates
 from tessera.demo.processes import Child
 from tessera.node import compiler, storage, vault
+from tessera.node.engine import execute
+from tessera.node.engine import frame as frames
 from tessera.node.ingest.manifest import sealed_path
 from tessera.templates.model import Template
 from tessera.wire.v1 import node_pb2, node_pb2_grpc
@@ -109,15 +111,26 @@ async def throughput(
 
 
 class InProcess:
-    """The node's own compiled query on the same version, loaded the way the node loads
-    it (decrypted into an in-memory DuckDB database), run in this process: the DuckDB
-    share of the node's latency. `bare()` is the plain group-by over the same rows with
+    """The node's compiled DuckDB query (its fallback) and its engine (what it runs for
+    the benchmark's templates) on the same version, loaded the way the node loads it
+    (decrypted into an in-memory DuckDB database), run in this process. `bare()` is the plain group-by over the same rows with
     no per-person bounding and no opt-out: what the engine alone costs."""
 
     def __init__(self, gen: Generated, t: Template, questions: Questions, order_key: bytes) -> None:
         self.t, self.questions, self.order_key = t, questions, order_key
         dataset_dir = gen.data_dir / DATASET
         self.con = storage.open_sealed(sealed_path(dataset_dir, 1), vault.default_key(), DATASET, 1)
+        # The node's engine (node/engine) on the same version: built once, as the node does.
+        self.frame = frames.build(self.con, t.dataset, t.source, order_key)
+
+    def engine(self) -> float:
+        """The node's exact vectors from its engine's frame (what the node now runs)."""
+        values = templates.bind(self.t, self.questions.next())
+        start = time.perf_counter()
+        assert self.frame is not None
+        got = execute.run(self.frame, self.t, values, exclude_opted_out=True)
+        assert got is not None
+        return (time.perf_counter() - start) * 1000
 
     def once(self) -> float:
         values = templates.bind(self.t, self.questions.next())
@@ -180,7 +193,11 @@ async def _measure(
             plan.warmup[n],
             plan.reps[n],
             cached=False,
-            alongside={"in_process_duckdb": duck.once, "bare_duckdb": duck.bare},
+            alongside={
+                "in_process_duckdb": duck.once,
+                "in_process_engine": duck.engine,
+                "bare_duckdb": duck.bare,
+            },
             pid=child.proc.pid,
         )
         if n != plan.mean_size:

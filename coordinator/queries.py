@@ -9,6 +9,7 @@ already run returns the stored result: nothing is fanned out, nothing spent twic
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
@@ -111,7 +112,7 @@ class Queries:
                 f"the template has {len(rec.approvals)} of the "
                 f"{rec.approvals_required} approvals needed to publish it",
             )
-        t = templates.parse_canonical(rec.canonical)
+        t = _parse_template(rec.canonical)
         now = self.s.clock.now()
         if t.access.expires < now.date():
             raise Refusal("FAILED_PRECONDITION", f"the template expired on {t.access.expires}")
@@ -395,6 +396,13 @@ class Queries:
         with self.s.refusals_audited(identity, "ListQueries"):
             person = self.s.caller(identity, "ListQueries")
         return self.s.store.queries(person.key, limit or 100)
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_template(data: bytes) -> Template:
+    """Parsing is a pure function of the bytes, and a published template is asked again
+    and again (the node caches it the same way)."""
+    return templates.parse_canonical(data)
 
 
 def _parsed(signed: requests.SignedRequest) -> requests.QueryRequest | None:

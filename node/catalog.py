@@ -151,7 +151,14 @@ class DatasetCatalog:
             with self._lock:
                 if key in self._frames:
                     return self._frames[key]
-            built = frames.build(self.connect(version), version.name, source, order_key)
+            scanned = frames.scan(self.connect(version), version.name, source, order_key)
+            with self._lock:
+                # The frame stands in for the in-memory copy (held only while the scan
+                # ran): forget it, so its memory goes with its last cursor; a query the
+                # engine declines decrypts the version again.
+                self._connections.pop(key[:2], None)
+            built = frames.finish(scanned)
+            del scanned
             with self._lock:
                 if self._closed:
                     raise RuntimeError("catalog is closed")

@@ -8,7 +8,7 @@ a dimension's part is its index times its stride, exactly as the compiler's CASE
 filter's is 0 where the row passes. A row outside the domain or failing a filter gets
 a large negative part, so the parts' sum is the row's cell, or negative when the row
 does not count (one add per part, no masks). Then the per-unit bound on the frame's
-(unit, keyed rank) order, and np.bincount into the cells. Ages are completed years as
+(unit, keyed rank) order (bound.py), and np.bincount into the cells. Ages are completed years as
 DuckDB's date_sub('year', ...) computes them.
 """
 
@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tessera.node.compiler import IntVector
+from tessera.node.engine import bound
 from tessera.node.engine.frame import Column, Frame
 from tessera.templates.model import (
     ActiveOnFilter,
@@ -29,7 +30,6 @@ from tessera.templates.model import (
     BandsDim,
     BetweenFilter,
     CategoriesDim,
-    Choice,
     DateRef,
     Dimension,
     EqualsFilter,
@@ -104,11 +104,16 @@ def _run(
     for part in parts[1 if n_fresh else 0 :]:
         cell += part
     if stat.kind is StatisticKind.COUNT_UNITS:
-        chosen = _units(
-            frame, stat.max_cells_per_unit, stat.choose, stat.by, cell >= 0, cell, n_cells
+        by_date = None
+        if stat.choose is not None:
+            by = _col(frame, stat.by, "date")
+            assert by.null is not None
+            by_date = (by.values, by.null)
+        chosen = bound.count_units(
+            frame, stat.max_cells_per_unit, stat.choose, by_date, cell >= 0, cell, n_cells
         )
         return {"count": np.bincount(cell[chosen], minlength=n_cells).astype(np.int64)}
-    _first_per_unit(frame, cell, stat.max_records_per_unit)
+    bound.first_per_unit(frame, cell, stat.max_records_per_unit)
     # Bin 0 takes every row that does not count; cell c goes to bin c + 1.
     binned = np.maximum(cell, -1, out=cell)
     binned += 1
@@ -140,7 +145,7 @@ def _run(
 
 # A row's part when it fails a filter or lies outside a dimension's domain: the sum of
 # a row's parts is negative exactly when one of them is (valid parts sum below 2^14).
-_OUT = np.int32(-(1 << 20))
+_OUT = bound.OUT
 Part = npt.NDArray[np.int32]
 
 
@@ -368,90 +373,3 @@ def _band(v: Ints, d: BandsDim) -> npt.NDArray[np.int16]:
     pc = np.clip(p, 0, None)
     ok = (p >= 0) & (v <= maxs[pc])
     return np.where(ok, which[pc], -1).astype(np.int16)
-
-
-# --- the per-unit bound -------------------------------------------------------------------
-
-
-def _first_per_unit(frame: Frame, cell: Part, cap: int) -> None:
-    """Keep each unit's first `cap` counting rows in keyed order: the others' cells are
-    set negative. Units with at most `cap` records keep every row, so only the rows of
-    the others are looked at."""
-    big = frame.cached(("big", cap), lambda: _big_rows(frame, cap))
-    if big is None:
-        return
-    rows, starts, seg = big
-    sub = cell[rows] >= 0
-    cs = np.cumsum(sub, dtype=np.int32)
-    before = cs[starts] - sub[starts]  # counting rows of the big units before this one
-    over = sub & (cs - before[seg] > cap)
-    cell[rows[over]] = _OUT
-
-
-def _big_rows(frame: Frame, cap: int) -> tuple[Ints, Ints, Ints] | None:
-    """The rows of units with more than `cap` records, where each such unit starts
-    among them, and which of them each row belongs to."""
-    big_units = np.flatnonzero(frame.counts > cap)
-    if not len(big_units):
-        return None
-    sizes = frame.counts[big_units]
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
-    rows = np.repeat(frame.starts[big_units] - starts, sizes) + np.arange(int(sizes.sum()))
-    seg = np.repeat(np.arange(len(big_units)), sizes)
-    return rows.astype(np.int64), starts, seg.astype(np.int64)
-
-
-def _units(
-    frame: Frame,
-    max_cells: int,
-    choose: Choice | None,
-    by: str | None,
-    mask: Mask,
-    cell: npt.NDArray[np.int32],
-    n_cells: int,
-) -> Ints:
-    """count_units: the rows whose cells a unit is counted in (one row per cell)."""
-    idx = np.flatnonzero(mask)
-    units = frame.unit_of_row[idx]
-    if choose is None:
-        key: Ints | None = None
-    else:
-        col = _col(frame, by, "date")
-        assert col.null is not None
-        sign = -1 if choose is Choice.LATEST else 1
-        # Dated records first, latest (or earliest) first; undated ones last; then keyed.
-        key = np.where(col.null[idx], np.int64(1 << 40), sign * col.values[idx].astype(np.int64))
-    if max_cells == 1:
-        if key is None:
-            return idx[_segment_starts(units)]
-        change = _changes(units)
-        seg = np.flatnonzero(change)
-        lowest = np.minimum.reduceat(key, seg) if len(seg) else key[:0]
-        seg_of = np.cumsum(change) - 1
-        at_min = np.flatnonzero(key == lowest[seg_of])
-        return idx[at_min[_segment_starts(units[at_min])]]
-    if key is not None:
-        order = np.lexsort((idx, key, units))
-        idx, units = idx[order], units[order]
-    pair = units.astype(np.int64) * n_cells + cell[idx]
-    _, first = np.unique(pair, return_index=True)
-    first.sort()
-    f_units = units[first]
-    starts = _segment_starts(f_units)
-    seg = np.repeat(starts, np.diff(np.append(starts, len(first))))
-    rank = np.arange(len(first)) - seg
-    out: Ints = idx[first[rank < max_cells]]
-    return out
-
-
-def _changes(units: npt.NDArray[np.int32]) -> Mask:
-    """True where a run of equal unit codes begins."""
-    change = np.empty(len(units), dtype=np.bool_)
-    if len(units):
-        change[0] = True
-        np.not_equal(units[1:], units[:-1], out=change[1:])
-    return change
-
-
-def _segment_starts(units: npt.NDArray[np.int32]) -> Ints:
-    return np.flatnonzero(_changes(units))

@@ -73,8 +73,8 @@ class DateParts:
 class Frame:
     n: int
     unit_of_row: npt.NDArray[np.int32]
-    starts: npt.NDArray[np.int64]  # first row of each unit
-    counts: npt.NDArray[np.int64]  # records of each unit
+    starts: npt.NDArray[np.int32]  # first row of each unit
+    counts: npt.NDArray[np.int32]  # records of each unit
     opted_out: npt.NDArray[np.bool_] | None  # per row: its unit has an opted-out record
     columns: dict[str, Column]
     ties: int
@@ -197,6 +197,22 @@ def build(
     """The frame of one source of the version open on `con`, or None when the source
     cannot be framed exactly (two units with the same 64-bit hash: detected by a
     second hash of the unit that differs)."""
+    return finish(scan(con, dataset, source, order_key))
+
+
+@dataclass
+class Scan:
+    """A source read into numpy, in scan order: `finish` sorts it into a frame (the
+    version's DuckDB connection is no longer needed by then)."""
+
+    n: int
+    keys: list[Array]  # hash(unit), a second hash of the unit, the keyed rank
+    opted_out: npt.NDArray[np.bool_] | None
+    encoders: list[_Encoder]
+
+
+def scan(con: duckdb.DuckDBPyConnection, dataset: str, source: str, order_key: bytes) -> Scan:
+    """One streaming DuckDB scan of the source, with the compiler's keyed rank."""
     ds = schemas.dataset(dataset)
     assert ds is not None
     src = ds.sources[source]
@@ -214,10 +230,9 @@ def build(
         # allocated once, at its narrowest type.
         ranged = [name for name, kind in framed if kind in ("int", "date")]
         stats_sql = "".join(f", min({_q(c)}), max({_q(c)})" for c in ranged)
-        row = cur.execute(
+        (row,) = cur.execute(
             f"WITH src AS ({src.sql}) SELECT count({_q(src.unit)}){stats_sql} FROM src"
-        ).fetchone()
-        assert row is not None
+        ).fetchall()
         n = int(row[0])
         bounds = {c: (row[1 + 2 * i], row[2 + 2 * i]) for i, c in enumerate(ranged)}
         encoders = []
@@ -263,15 +278,20 @@ def build(
         del reader
     finally:
         cur.close()
-    sorted_ = _sort(hu, h2, r)
-    del hu, h2, r
     pa.default_memory_pool().release_unused()
+    return Scan(n, [hu, h2, r], oo, encoders)
+
+
+def finish(scanned: Scan) -> Frame | None:
+    """Sort a scan into the frame (None: two units' hashes collide)."""
+    n, oo, encoders = scanned.n, scanned.opted_out, scanned.encoders
+    sorted_ = _sort(scanned.keys)  # empties the list: each key goes as soon as it is used
     if sorted_ is None:
         return None
     order, new_unit, r = sorted_
     unit_of_row = (np.cumsum(new_unit, dtype=np.int32) - 1).astype(np.int32)
-    starts = np.flatnonzero(new_unit).astype(np.int64)
-    counts = np.diff(np.append(starts, n)).astype(np.int64)
+    starts = np.flatnonzero(new_unit).astype(np.int32)
+    counts = np.diff(np.append(starts, n)).astype(np.int32)
     columns = {}
     for e in encoders:
         col = e.finish(order)
@@ -287,27 +307,30 @@ def build(
 
 
 def _sort(
-    hu: npt.NDArray[np.uint64], h2: npt.NDArray[np.uint32], r: npt.NDArray[np.uint64]
+    keys: list[Array],
 ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.bool_], npt.NDArray[np.uint64]] | None:
-    """The row order by (unit, rank), where each unit's records start, and the ranks in
-    that order; None when two units' hashes collide. Two argsorts of one 64-bit key
-    each (a lexsort of two keys measured about twice as slow at 10^7 rows); arrays are
-    dropped as soon as they are used, to keep the peak low."""
+    """From [hash(unit), second hash(unit), rank] (emptied): the row order by (unit,
+    rank), where each unit's records start, and the ranks in that order; None when two
+    units' hashes collide. Two argsorts of one 64-bit key each (a lexsort of two keys
+    measured about twice as slow at 10^7 rows); arrays are dropped as soon as they are
+    used, to keep the peak low."""
+    hu = keys.pop(0)
     n = len(hu)
     by_unit = np.argsort(hu).astype(np.int32)
     hs = hu[by_unit]
+    del hu
     new_unit = np.empty(n, dtype=np.bool_)
     if n:
         new_unit[0] = True
         np.not_equal(hs[1:], hs[:-1], out=new_unit[1:])
     del hs
-    h2s = h2[by_unit]
+    h2s = keys.pop(0)[by_unit]
     if n and np.any(~new_unit[1:] & (h2s[1:] != h2s[:-1])):
         return None  # two units share hash(unit): leave this source to the compiler
     del h2s
     unit = np.cumsum(new_unit, dtype=np.int32) - 1
     ub = max(1, int(unit[-1]).bit_length()) if n else 1
-    rs = r[by_unit]
+    rs = keys.pop(0)[by_unit]
     # The unit in the high bits, the rank's top bits below: one key, one sort.
     key = unit.astype(np.uint64)
     key <<= np.uint64(64 - ub)

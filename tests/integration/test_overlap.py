@@ -75,7 +75,8 @@ async def drive(
 def run(region: ovlib.OverlapRegion, **kw: Any) -> tuple[overlap_run.OverlapOutcome, Any]:
     t = region.template
     st = fedlib.sign_template(t, region.fed.approvers[:2])
-    signed = kw.pop("signed", None) or signed_request(region, st)
+    audience = kw.get("orgs", ovlib.ORGS)
+    signed = kw.pop("signed", None) or signed_request(region, st, audience=audience)
     return asyncio.run(drive(region, st, signed, t, **kw)), signed
 
 

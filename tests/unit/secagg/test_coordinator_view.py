@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from tessera import keys
 from tessera.secagg import SecAggClient, SecAggServer, Stage, crypto, local, shamir
-from tessera.secagg.protocol import _raw
+from tessera.secagg.session import raw_public
 from tessera.wire.v1 import secagg_pb2 as pb
 
 N, T, LENGTH = 8, 5, 4096
@@ -117,4 +117,4 @@ def test_a_coalition_below_t_cannot_rebuild_a_masking_key() -> None:
         guess = shamir.combine(held)
     except shamir.ShamirError:
         return
-    assert _raw(X25519PrivateKey.from_private_bytes(guess).public_key()) != advertised_key
+    assert raw_public(X25519PrivateKey.from_private_bytes(guess).public_key()) != advertised_key

@@ -1,0 +1,107 @@
+"""The per-unit bound on a frame's (unit, keyed rank) order, as node/compiler.py's windows.
+
+Within a unit the frame's rows are in the compiler's keyed order (frame.py), so "the
+first `cap` records" is a running count of counting rows per unit segment, and "the
+first record" or "the cells whose first record comes earliest" are first occurrences.
+A row that does not count has a negative cell.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from tessera.node.engine.frame import Frame
+from tessera.templates.model import Choice
+
+Ints = npt.NDArray[np.int64]
+Rows = npt.NDArray[np.int32]
+Cells = npt.NDArray[np.int32]
+Mask = npt.NDArray[np.bool_]
+# A cell that does not count (the executor's parts use the same value).
+OUT = np.int32(-(1 << 20))
+
+
+def first_per_unit(frame: Frame, cell: Cells, cap: int) -> None:
+    """Keep each unit's first `cap` counting rows in keyed order: the others' cells are
+    set negative. Units with at most `cap` records keep every row, so only the rows of
+    the others are looked at."""
+    big = frame.cached(("big", cap), lambda: _big_rows(frame, cap))
+    if big is None:
+        return
+    rows, starts, seg = big
+    sub = cell[rows] >= 0
+    cs = np.cumsum(sub, dtype=np.int32)
+    before = cs[starts] - sub[starts]  # counting rows of the big units before this one
+    over = sub & (cs - before[seg] > cap)
+    cell[rows[over]] = OUT
+
+
+def _big_rows(frame: Frame, cap: int) -> tuple[Rows, Ints, Rows] | None:
+    """The rows of units with more than `cap` records, where each such unit starts
+    among them, and which of them each row belongs to."""
+    big_units = np.flatnonzero(frame.counts > cap)
+    if not len(big_units):
+        return None
+    sizes = frame.counts[big_units]
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+    offsets = frame.starts[big_units].astype(np.int64) - starts
+    rows = np.repeat(offsets, sizes) + np.arange(int(sizes.sum()))
+    seg = np.repeat(np.arange(len(big_units)), sizes)
+    return rows.astype(np.int32), starts, seg.astype(np.int32)
+
+
+def count_units(
+    frame: Frame,
+    max_cells: int,
+    choose: Choice | None,
+    by_date: tuple[npt.NDArray[np.int32], Mask] | None,
+    mask: Mask,
+    cell: npt.NDArray[np.int32],
+    n_cells: int,
+) -> Ints:
+    """count_units: the rows whose cells a unit is counted in (one row per cell).
+    `by_date` is the `choose` column's (days, NULL mask)."""
+    idx = np.flatnonzero(mask)
+    units = frame.unit_of_row[idx]
+    if choose is None or by_date is None:
+        key: Ints | None = None
+    else:
+        days, null = by_date
+        sign = -1 if choose is Choice.LATEST else 1
+        # Dated records first, latest (or earliest) first; undated ones last; then keyed.
+        key = np.where(null[idx], np.int64(1 << 40), sign * days[idx].astype(np.int64))
+    if max_cells == 1:
+        if key is None:
+            return idx[_segment_starts(units)]
+        change = _changes(units)
+        seg = np.flatnonzero(change)
+        lowest = np.minimum.reduceat(key, seg) if len(seg) else key[:0]
+        seg_of = np.cumsum(change) - 1
+        at_min = np.flatnonzero(key == lowest[seg_of])
+        return idx[at_min[_segment_starts(units[at_min])]]
+    if key is not None:
+        order = np.lexsort((idx, key, units))
+        idx, units = idx[order], units[order]
+    pair = units.astype(np.int64) * n_cells + cell[idx]
+    _, first = np.unique(pair, return_index=True)
+    first.sort()
+    f_units = units[first]
+    starts = _segment_starts(f_units)
+    seg = np.repeat(starts, np.diff(np.append(starts, len(first))))
+    rank = np.arange(len(first)) - seg
+    out: Ints = idx[first[rank < max_cells]]
+    return out
+
+
+def _changes(units: npt.NDArray[np.int32]) -> Mask:
+    """True where a run of equal unit codes begins."""
+    change = np.empty(len(units), dtype=np.bool_)
+    if len(units):
+        change[0] = True
+        np.not_equal(units[1:], units[:-1], out=change[1:])
+    return change
+
+
+def _segment_starts(units: npt.NDArray[np.int32]) -> Ints:
+    return np.flatnonzero(_changes(units))
