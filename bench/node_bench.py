@@ -113,8 +113,8 @@ async def throughput(
 class InProcess:
     """The node's compiled DuckDB query (its fallback) and its engine (what it runs for
     the benchmark's templates) on the same version, loaded the way the node loads it
-    (decrypted into an in-memory DuckDB database), run in this process. `bare()` is the plain group-by over the same rows with
-    no per-person bounding and no opt-out: what the engine alone costs."""
+    (decrypted into an in-memory DuckDB database), run in this process. `bare()` is the
+    plain group-by over the same rows with no per-person bounding and no opt-out."""
 
     def __init__(self, gen: Generated, t: Template, questions: Questions, order_key: bytes) -> None:
         self.t, self.questions, self.order_key = t, questions, order_key

@@ -4,7 +4,9 @@ requests and the audit log, in one SQLite database (WAL, synchronous=FULL).
 A spend, the released answer it paid for, the request that asked and the
 audit entry are committed in one transaction, fsynced, before the answer
 leaves the node. The budget check happens inside that transaction, under the
-write lock, so concurrent requests can never overspend.
+write lock, so concurrent requests can never overspend. Commits that arrive
+together share one transaction and one fsync (group commit), each checked and
+paid in turn.
 
 Spend is kept per *accountant* (one per population by default: node/config.py),
 in zCDP ρ composed by OpenDP (node/privacy.py), over every dataset, version and
@@ -330,20 +332,17 @@ class Ledger:
             ).fetchone()
         return None if row is None else self._sealer.open_payload(answer_key, row[0])
 
-    def has_answer(self, answer_key: str) -> bool:
-        """Whether an answer is stored, without opening it (the commit opens it)."""
+    def seen(self, req: RequestRecord, answer_key: str) -> bool:
+        """Refuse a replay early (an identical retry passes: the commit answers it), and
+        say whether the answer is already stored, without opening it (the commit does)."""
         with self._lock:
+            self._check_replay(req)
             return (
                 self._conn.execute(
                     "SELECT 1 FROM releases WHERE answer_key = ?", (answer_key,)
                 ).fetchone()
                 is not None
             )
-
-    def seen(self, req: RequestRecord) -> str | None:
-        """Refuse a replay early; return the answer key of an identical retry."""
-        with self._lock:
-            return self._check_replay(req)
 
     def join_secagg_session(self, session_id: str) -> bool:
         """Record, durably, that this node joined a secure-aggregation session; False if

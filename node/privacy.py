@@ -284,7 +284,8 @@ def _noise_share_rho(
     scale: float, l1: float, l2: float, threshold: int, support: int
 ) -> tuple[float, float]:
     central = float(_gaussian(scale * math.sqrt(threshold)).map(float(l2)))
-    return central, _kls_rho(central, scale, l1, threshold, support) - central
+    # Never below OpenDP's own figure, even where τ rounds to zero.
+    return central, max(0.0, _kls_rho(central, scale, l1, threshold, support) - central)
 
 
 def secagg_noise_share(

@@ -224,7 +224,7 @@ class NodeService:
             auth.request.request_id, signed.hash, auth.request.analyst_key, auth.request.nonce
         )
         # Cheap refusals first: replays and spent budgets never touch the data.
-        self.ledger.seen(req)
+        stored_before = self.ledger.seen(req, answer_key)
         try:
             calibrations = privacy.calibrate(t.privacy, measure_sensitivities(t.statistic))
         except privacy.CalibrationError as e:
@@ -233,7 +233,7 @@ class NodeService:
         rho = privacy.release_rho(calibrations)
         release = None
         policy = self.cfg.policy(self.cfg.accountant_of(t.dataset))
-        if not self.ledger.has_answer(answer_key):
+        if not stored_before:
             self._check_affordable(policy, rho)
             release = self._compute(
                 auth, version, calibrations, cost, answer_key, params_json, policy.name, rho

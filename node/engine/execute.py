@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -79,7 +79,7 @@ def _run(
     if t.overlap is not None or stat.kind not in _KINDS:
         raise Unsupported(stat.kind.value)
     n_cells = t.n_cells
-    parts = [_filter(frame, f, values) for f in t.filters]
+    parts = [p for f in t.filters for p in _filter(frame, f, values)]
     strides = []
     acc = 1
     for n in reversed(t.shape):
@@ -88,7 +88,6 @@ def _run(
     parts += [
         _part(frame, d, s, values) for d, s in zip(t.group_by, reversed(strides), strict=True)
     ]
-    n_fresh = len(parts)
     if exclude and frame.opted_out is not None:
         opted_out = frame.opted_out
         parts.append(frame.cached("opted_out", lambda: _fails(opted_out)))
@@ -98,11 +97,7 @@ def _run(
         null = col.null
         assert null is not None
         parts.append(frame.cached(("null", stat.column), lambda: _fails(null)))
-    # Parts made for this query come first and the first is summed into in place;
-    # cached parts (the opt-out, NULL values) are only added.
-    cell = parts[0] if parts and n_fresh else np.zeros(frame.n, dtype=np.int32)
-    for part in parts[1 if n_fresh else 0 :]:
-        cell += part
+    cell = _sum_parts(parts, frame.n)
     if stat.kind is StatisticKind.COUNT_UNITS:
         by_date = None
         if stat.choose is not None:
@@ -115,9 +110,14 @@ def _run(
         return {"count": np.bincount(cell[chosen], minlength=n_cells).astype(np.int64)}
     bound.first_per_unit(frame, cell, stat.max_records_per_unit)
     # Bin 0 takes every row that does not count; cell c goes to bin c + 1.
-    binned = np.maximum(cell, -1, out=cell)
-    binned += 1
-    counts = np.bincount(binned, minlength=n_cells + 1)[1:].astype(np.int64)
+    binned = cell
+    bins = np.zeros(n_cells + 1, dtype=np.int64)
+    for a in range(0, frame.n, _CHUNK):
+        chunk = binned[a : a + _CHUNK]
+        np.maximum(chunk, -1, out=chunk)
+        chunk += 1
+        bins += np.bincount(chunk, minlength=n_cells + 1)
+    counts = bins[1:]
     if stat.kind is StatisticKind.COUNT_RECORDS:
         return {"count": counts}
     assert col is not None
@@ -127,7 +127,7 @@ def _run(
         coded = _coded(frame, stat.column, "int")
         if coded is not None:
             clamped = np.clip(coded.values(), stat.lower, stat.upper).astype(np.float64)
-            weights = coded.lut(clamped, 0.0)
+            weights = coded.lut(clamped, 0.0).gather()
         else:
             weights = np.clip(col.values.astype(np.int64), stat.lower, stat.upper).astype(
                 np.float64
@@ -188,18 +188,57 @@ class Coded:
     def values(self) -> Ints:
         return np.arange(self.size, dtype=np.int64) + self.lo
 
-    def lut(self, table: npt.NDArray[Any], null: Any) -> npt.NDArray[Any]:
+    def lut(self, table: npt.NDArray[Any], null: Any) -> Lut:
         full = np.concatenate((np.array([null], dtype=table.dtype), table))
-        return np.take(full, self.codes)
+        return Lut(full, self.codes)
 
-    def parts(self, index: npt.NDArray[Any], null_index: int, stride: int) -> Part:
+    def parts(self, index: npt.NDArray[Any], null_index: int, stride: int) -> Lut:
         """Parts from each value's declared index (-1: outside)."""
         table = np.where(index >= 0, index.astype(np.int64) * stride, _OUT).astype(np.int32)
         null = np.int32(null_index * stride) if null_index >= 0 else _OUT
         return self.lut(table, null)
 
-    def passes(self, table: Mask, null: bool) -> Part:
+    def passes(self, table: Mask, null: bool) -> Lut:
         return self.lut(np.where(table, 0, _OUT).astype(np.int32), 0 if null else _OUT)
+
+
+class Lut(NamedTuple):
+    """A part not yet gathered: table[codes], taken chunk by chunk by _sum_parts."""
+
+    table: npt.NDArray[Any]
+    codes: npt.NDArray[np.unsignedinteger[Any]]
+
+    def gather(self) -> npt.NDArray[Any]:
+        return np.take(self.table, self.codes)
+
+
+# Rows per chunk when parts are summed: small enough that a chunk's gathers and sums
+# stay in cache (np.take widens its indices to intp: at 10^7 rows, whole-array
+# gathers measured memory-bound, about 6 ns a row against 1.5 at 10^6).
+_CHUNK = 1 << 16
+
+
+def _sum_parts(parts: list[Part | Lut], n: int) -> Part:
+    """Each row's cell: the sum of its parts, computed chunk by chunk."""
+    cell = np.zeros(n, dtype=np.int32)
+    if not parts:
+        return cell
+    tmp = np.empty(min(n, _CHUNK), dtype=np.int32)
+    for a in range(0, n, _CHUNK):
+        b = min(n, a + _CHUNK)
+        out = cell[a:b]
+        for i, p in enumerate(parts):
+            if isinstance(p, Lut):
+                if i == 0:
+                    np.take(p.table, p.codes[a:b], out=out)
+                    continue
+                np.take(p.table, p.codes[a:b], out=tmp[: b - a])
+                out += tmp[: b - a]
+            elif i == 0:
+                out[...] = p[a:b]
+            else:
+                out += p[a:b]
+    return cell
 
 
 def _coded(frame: Frame, name: str | None, kind: str, what: str = "") -> Coded | None:
@@ -237,29 +276,30 @@ def _coded(frame: Frame, name: str | None, kind: str, what: str = "") -> Coded |
 # --- filters ------------------------------------------------------------------------
 
 
-def _filter(frame: Frame, f: Filter, values: dict[str, ParamValue]) -> Part:
+def _filter(frame: Frame, f: Filter, values: dict[str, ParamValue]) -> list[Part | Lut]:
     if isinstance(f, InFilter):
         col = _col(frame, f.column, "code")
         allowed = (values[f.param],) if f.param is not None else f.values
         table = np.array([w in allowed for w in col.dictionary], dtype=np.bool_)
-        return _known(frame, f.column, "code").passes(table, False)
+        return [_known(frame, f.column, "code").passes(table, False)]
     if isinstance(f, EqualsFilter):
         table = np.array([not f.value, f.value], dtype=np.bool_)
-        return _known(frame, f.column, "bool").passes(table, False)
+        return [_known(frame, f.column, "bool").passes(table, False)]
     if isinstance(f, RangeFilter):
-        return _test(frame, f.column, "int", lambda v: (v >= f.min) & (v <= f.max), False)
+        return [_test(frame, f.column, "int", lambda v: (v >= f.min) & (v <= f.max), False)]
     if isinstance(f, BetweenFilter):
         lo, hi = _days(_day(f.start, values)), _days(_day(f.end, values))
-        return _test(frame, f.column, "date", lambda v: (v >= lo) & (v <= hi), False)
+        return [_test(frame, f.column, "date", lambda v: (v >= lo) & (v <= hi), False)]
     if isinstance(f, ActiveOnFilter):
         on = _days(_day(f.on, values))
         # start <= on AND (end IS NULL OR end > on)
-        part = _test(frame, f.start_column, "date", lambda v: v <= on, False)
-        part += _test(frame, f.end_column, "date", lambda v: v > on, True)
-        return part
+        return [
+            _test(frame, f.start_column, "date", lambda v: v <= on, False),
+            _test(frame, f.end_column, "date", lambda v: v > on, True),
+        ]
     assert isinstance(f, AgeFilter)
     age, missing = _age(frame, f.birth_column, f.at, f.at_column, values)
-    return _fails(missing | (age < f.min) | (age > f.max))
+    return [_fails(missing | (age < f.min) | (age > f.max))]
 
 
 def _known(frame: Frame, name: str, kind: str) -> Coded:
@@ -268,7 +308,7 @@ def _known(frame: Frame, name: str, kind: str) -> Coded:
     return coded
 
 
-def _test(frame: Frame, name: str, kind: str, test: Any, null: bool) -> Part:
+def _test(frame: Frame, name: str, kind: str, test: Any, null: bool) -> Part | Lut:
     """A filter's part from test(values) on an int or date column; `null` for NULL."""
     coded = _coded(frame, name, kind)
     if coded is not None:
@@ -321,7 +361,7 @@ def _age(
 # --- dimensions --------------------------------------------------------------------------
 
 
-def _part(frame: Frame, d: Dimension, stride: int, values: dict[str, ParamValue]) -> Part:
+def _part(frame: Frame, d: Dimension, stride: int, values: dict[str, ParamValue]) -> Part | Lut:
     """This dimension's index times its stride, per row (_OUT outside the domain)."""
     if isinstance(d, CategoriesDim):
         col = _col(frame, d.column, "code")

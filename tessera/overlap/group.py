@@ -128,7 +128,7 @@ def hash_items(
     return _clear_top_bits(out)
 
 
-def _check_packed(data: bytes) -> None:
+def check_packed(data: bytes) -> None:
     if len(data) % POINT_BYTES:
         raise BadPoint(f"points field is {len(data)} bytes, not a multiple of {POINT_BYTES}")
 
@@ -206,7 +206,7 @@ def blind_packed(
 ) -> bytes:
     """Every element of a packed set raised to `key`, packed in the same order.
     Raises BadPoint on an unusable element or a length that is not whole elements."""
-    _check_packed(data)
+    check_packed(data)
     which = BACKEND if backend is None else backend
     n = THREADS if threads is None else threads
     if which == AUTO:
@@ -229,7 +229,7 @@ def shuffle_packed(data: bytes) -> bytes:
     """A uniformly random permutation of a packed set's elements, from the operating
     system's CSPRNG: sorting by 64-bit random keys (ties have probability about
     n^2 / 2^65), on a numpy view of the bytes (no object per element)."""
-    _check_packed(data)
+    check_packed(data)
     n = len(data) // POINT_BYTES
     if n < 2:
         return bytes(data)
@@ -244,5 +244,5 @@ def pack(points: Sequence[bytes]) -> bytes:
 
 
 def unpack(data: bytes) -> list[bytes]:
-    _check_packed(data)
+    check_packed(data)
     return [data[i : i + POINT_BYTES] for i in range(0, len(data), POINT_BYTES)]

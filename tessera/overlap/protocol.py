@@ -39,14 +39,13 @@ from __future__ import annotations
 
 import enum
 import os
-from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from tessera.overlap import group, seal
+from tessera.overlap import group, matching, seal
 from tessera.overlap.nhs import normalise
 from tessera.wire.v1 import overlap_pb2 as pb
 
@@ -511,8 +510,8 @@ class Counter:
     def __init__(self, query: OverlapQuery) -> None:
         self.query = query
         self._seal = seal.new_key()
-        self._finals: dict[tuple[int, int], list[bytes]] = {}
-        self._chunks: dict[tuple[int, int], dict[int, list[bytes]]] = {}
+        self._finals: dict[tuple[int, int], bytes] = {}  # packed points
+        self._chunks: dict[tuple[int, int], dict[int, bytes]] = {}
         self._totals: dict[tuple[int, int], int] = {}
         self._reports: dict[int, pb.OverlapPadReport] = {}
         self._info: pb.OverlapNoiseInfo | None = None
@@ -546,9 +545,10 @@ class Counter:
             total = self._totals.setdefault(key, b.chunks)
             if b.chunks != total or not 0 <= b.chunk < total or b.chunk in got:
                 raise OverlapError("a chunk that does not fit the set it claims to belong to")
-            got[b.chunk] = group.unpack(b.points)
+            group.check_packed(b.points)
+            got[b.chunk] = b.points
             if len(got) == total:
-                self._finals[key] = [p for c in range(total) for p in got[c]]
+                self._finals[key] = b"".join(got[c] for c in range(total))
                 del self._chunks[key]
             return
         if which != "sealed":
@@ -595,15 +595,7 @@ class Counter:
         q = self.query
         if not self.complete():
             raise OverlapError("the counter has not received every set and report")
-        mask_of: dict[bytes, int] = {}
-        category_of: dict[bytes, int] = {}
-        for (owner, subset), points in self._finals.items():
-            bit = 1 << owner
-            for p in points:
-                mask_of[p] = mask_of.get(p, 0) | bit
-            if owner == q.category_party:
-                category_of.update(dict.fromkeys(points, subset))
-        tally = Tally((m, category_of.get(p, -1)) for p, m in mask_of.items())
+        tally = matching.patterns(self._finals, q.category_party)
         for party, report in self._reports.items():
             for subset, pads in enumerate(report.pads):
                 category = subset if party == q.category_party else -1

@@ -14,6 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 from tessera import schemas
+from tessera.templates.canonical_dict import (
+    access_dict,
+    dim_dict,
+    filter_dict,
+    param_dict,
+    privacy_dict,
+)
 from tessera.templates.fields import Fields
 from tessera.templates.model import (
     OverlapDataset,
@@ -24,23 +31,15 @@ from tessera.templates.model import (
     Template,
     TemplateError,
 )
-from tessera.templates.parse import (
+from tessera.templates.parse import Head
+from tessera.templates.release import read_access, read_choice, read_output, read_privacy
+from tessera.templates.scope import (
     MAX_FILTERS,
-    Head,
-    _access,
-    _choice,
-    _Ctx,
-    _dim_dict,
-    _filter,
-    _filter_dict,
-    _output,
-    _param_dict,
-    _parameters,
-    _privacy,
-    access_dict,
+    Context,
     check_all_used,
     group_by,
-    privacy_dict,
+    read_filter,
+    read_parameters,
 )
 
 # The linkage key every overlap dataset must name: the NHS number, the only identifier
@@ -62,7 +61,7 @@ def parse_overlap(f: Fields, head: Head) -> Template:
         raise TemplateError(
             "filters", "an overlap template's filters are per dataset (overlap.datasets[i].filters)"
         )
-    params = _parameters(f, None)
+    params = read_parameters(f, None)
     by_name = {p.name: p for p in params}
     used: set[str] = set()
     parties, contexts = _datasets(f.table("overlap"), by_name, used)
@@ -98,17 +97,17 @@ def parse_overlap(f: Fields, head: Head) -> Template:
             raise TemplateError(s.at("b"), "must differ from categories_from (dataset a)")
     elif s.has("b"):
         raise TemplateError(s.at("b"), "applies to match a_not_b only")
-    choose, by = _choice(s, contexts[cat])
+    choose, by = read_choice(s, contexts[cat])
     s.done()
 
     dims = group_by(f, contexts[cat])
-    privacy = _privacy(f.table("privacy"))
+    privacy = read_privacy(f.table("privacy"))
     if privacy.epsilon is None:
         raise TemplateError(
             "privacy.rho", "an overlap's cost is an epsilon: its noise is pure-DP dummies"
         )
-    output = _output(f.table("output"))
-    access = _access(f.table("access"))
+    output = read_output(f.table("output"))
+    access = read_access(f.table("access"))
     if access.quorum != len(names):
         raise TemplateError(
             "access.quorum", f"must be {len(names)}: every dataset of an overlap takes part"
@@ -147,14 +146,14 @@ def parse_overlap(f: Fields, head: Head) -> Template:
 
 def _datasets(
     o: Fields, params: dict[str, Any], used: set[str]
-) -> tuple[list[OverlapDataset], list[_Ctx]]:
+) -> tuple[list[OverlapDataset], list[Context]]:
     items = o.tables("datasets", max_items=MAX_DATASETS)
     if len(items) < MIN_DATASETS:
         raise TemplateError(
             o.at("datasets"), f"must name {MIN_DATASETS} to {MAX_DATASETS} datasets"
         )
     parties: list[OverlapDataset] = []
-    contexts: list[_Ctx] = []
+    contexts: list[Context] = []
     for t in items:
         name = t.text("dataset", max_len=40)
         ds = schemas.dataset(name)
@@ -169,12 +168,12 @@ def _datasets(
         source = ds.sources.get(src_name)
         if source is None:
             raise TemplateError(t.at("source"), f"is not a source of dataset {name}")
-        ctx = _Ctx(source, params, used)
+        ctx = Context(source, params, used)
         key = ctx.column(t, "linkage_key", schemas.ColumnType.TEXT)
         if key.name != LINKAGE_KEY:
             raise TemplateError(t.at("linkage_key"), f"must be the NHS number column {LINKAGE_KEY}")
         filters = tuple(
-            _filter(x, ctx) for x in t.tables("filters", max_items=MAX_FILTERS, default=[])
+            read_filter(x, ctx) for x in t.tables("filters", max_items=MAX_FILTERS, default=[])
         )
         t.done()
         parties.append(OverlapDataset(name, src_name, key.name, filters, version))
@@ -220,13 +219,13 @@ def to_dict(t: Template) -> dict[str, Any]:
                     "schema_version": d.schema_version,
                     "source": d.source,
                     "linkage_key": d.linkage_key,
-                    "filters": [_filter_dict(x) for x in d.filters],
+                    "filters": [filter_dict(x) for x in d.filters],
                 }
                 for d in o.datasets
             ]
         },
-        "parameters": {p.name: _param_dict(p) for p in t.parameters},
-        "group_by": [_dim_dict(x) for x in t.group_by],
+        "parameters": {p.name: param_dict(p) for p in t.parameters},
+        "group_by": [dim_dict(x) for x in t.group_by],
         "statistic": stat,
         "privacy": privacy_dict(t),
         "output": {"min_count": t.output.min_count, "round_to": t.output.round_to},
