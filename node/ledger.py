@@ -19,153 +19,31 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from tessera.audit import AuditLog, AuditRecord
 from tessera.canonical import sha256_hex
-from tessera.clock import Clock, isoformat, parse_iso
+from tessera.clock import Clock, isoformat
 from tessera.errors import Refusal
 from tessera.group_commit import GroupCommit, Slot
 from tessera.keys import SigningKey
+from tessera.node import ledger_schema as schema
 from tessera.node import privacy
 from tessera.node.config import Policy
+from tessera.node.ledger_schema import LIFETIME, SCHEMA, SCHEMA_VERSION, Job
+from tessera.node.ledger_schema import AccountantSpend as AccountantSpend
+from tessera.node.ledger_schema import Committed as Committed
+from tessera.node.ledger_schema import LedgerSchemaError as LedgerSchemaError
+from tessera.node.ledger_schema import NewRelease as NewRelease
+from tessera.node.ledger_schema import OnPaid as OnPaid
+from tessera.node.ledger_schema import ReleaseRow as ReleaseRow
+from tessera.node.ledger_schema import RequestRecord as RequestRecord
+from tessera.node.ledger_schema import period_of as period_of
 from tessera.node.vault import LedgerSealer, private_file
 
 # OpenDP's float maps can exceed the nominal figure by a hair.
 _TOLERANCE = 1e-9
-
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS releases (
-        answer_key TEXT PRIMARY KEY,
-        dataset TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        template_digest TEXT NOT NULL,
-        params TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        cost REAL NOT NULL,
-        payload BLOB NOT NULL,
-        created TEXT NOT NULL,
-        accountant TEXT NOT NULL,
-        rho REAL NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS releases_by_version ON releases (dataset, version, kind)",
-    # Running totals, updated in the same transaction as each release, so that reading
-    # what a version has spent costs the same however many answers it has released.
-    """CREATE TABLE IF NOT EXISTS spent (
-        dataset TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        kind TEXT NOT NULL,
-        total REAL NOT NULL,
-        PRIMARY KEY (dataset, version, kind))""",
-    """INSERT OR IGNORE INTO spent (dataset, version, kind, total)
-        SELECT dataset, version, kind, sum(cost) FROM releases GROUP BY dataset, version, kind""",
-    """CREATE TABLE IF NOT EXISTS requests (
-        request_id TEXT PRIMARY KEY,
-        request_hash TEXT NOT NULL,
-        analyst TEXT NOT NULL,
-        nonce TEXT NOT NULL,
-        answer_key TEXT NOT NULL,
-        charged REAL NOT NULL,
-        created TEXT NOT NULL,
-        UNIQUE (analyst, nonce))""",
-    # The accountants' running totals in zCDP ρ: period LIFETIME for the whole life of
-    # the accountant, and one row per period label (see `period_of`).
-    """CREATE TABLE IF NOT EXISTS accountant_spent (
-        accountant TEXT NOT NULL,
-        period TEXT NOT NULL,
-        rho REAL NOT NULL,
-        PRIMARY KEY (accountant, period))""",
-    """CREATE TABLE IF NOT EXISTS ledger_meta (
-        key TEXT PRIMARY KEY,
-        value TEXT NOT NULL)""",
-)
-LIFETIME = "lifetime"
-SCHEMA_VERSION = "2"
-# Called after each paid commit with (audit seq, audit hash, lifetime ρ per accountant).
-OnPaid = Callable[[int, str, dict[str, float]], None]
-
-
-class LedgerSchemaError(RuntimeError):
-    """A ledger file this version cannot use as it is."""
-
-
-def period_of(period: str | None, when: datetime) -> str | None:
-    """The label of the allowance period holding `when` (UTC)."""
-    if period is None:
-        return None
-    if period == "financial_year":  # 1 April to 31 March
-        start = when.year if when.month >= 4 else when.year - 1
-        return f"FY{start}-{(start + 1) % 100:02d}"
-    if period == "calendar_year":
-        return f"{when.year}"
-    if period == "month":
-        return f"{when.year}-{when.month:02d}"
-    raise ValueError(f"unknown period {period!r}")
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    request_id: str
-    request_hash: str
-    analyst: str
-    nonce: str
-
-
-@dataclass(frozen=True)
-class NewRelease:
-    answer_key: str
-    dataset: str
-    version: int
-    template_digest: str
-    params: dict[str, Any]
-    kind: str
-    cost: float
-    payload: bytes
-    # The accountant that pays, and the release's loss in ρ as OpenDP converts it.
-    accountant: str = ""
-    rho: float = 0.0
-
-
-@dataclass(frozen=True)
-class ReleaseRow:
-    answer_key: str
-    dataset: str
-    version: int
-    template_digest: str
-    kind: str
-    cost: float
-    accountant: str
-    rho: float
-    created: str
-
-
-@dataclass(frozen=True)
-class AccountantSpend:
-    accountant: str
-    lifetime_rho: float
-    period: str | None
-    period_rho: float
-
-
-@dataclass(frozen=True)
-class _Job:
-    """One caller's commit, as queued for the group commit."""
-
-    req: RequestRecord
-    answer_key: str
-    release: NewRelease | None
-    policy: Policy | None
-    audit_body: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Committed:
-    payload: bytes
-    charged: float
-    from_cache: bool
-    audit: AuditRecord
 
 
 class Ledger:
@@ -191,29 +69,29 @@ class Ledger:
         private_file(path)
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
-        self._group: GroupCommit[_Job, Committed] = GroupCommit(self._lock, self._run_batch)
+        self._group: GroupCommit[Job, Committed] = GroupCommit(self._lock, self._run_batch)
         self._clock = clock
         self._on_paid = on_paid
         self.audit_log = AuditLog.on_connection(self._conn, self._lock, key, clock)
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                migrate = self._needs_migration()
+                migrate = schema.needs_migration(self._conn)
                 if migrate and accountant_of is None:
                     raise LedgerSchemaError(
                         f"{path}: this ledger predates per-population accountants; start "
                         "the node with its config to migrate it (every past spend is kept)"
                     )
-                for stmt in _SCHEMA[:1]:
+                for stmt in SCHEMA[:1]:
                     self._conn.execute(stmt)
                 if migrate:
                     assert accountant_of is not None
-                    self._migrate(accountant_of)
-                for stmt in _SCHEMA[1:]:
+                    schema.migrate(self._conn, accountant_of)
+                for stmt in SCHEMA[1:]:
                     self._conn.execute(stmt)
-                stored = self._meta("period")
+                stored = schema.meta(self._conn, "period")
                 if migrate or stored != (period or ""):
-                    self._rebuild_totals(period)
+                    schema.rebuild_totals(self._conn, period)
                 self._conn.execute(
                     "INSERT OR REPLACE INTO ledger_meta VALUES ('schema', ?), ('period', ?)",
                     (SCHEMA_VERSION, period or ""),
@@ -224,49 +102,6 @@ class Ledger:
                     self._conn.rollback()
                 self._conn.close()
                 raise
-
-    def _needs_migration(self) -> bool:
-        cols = {r[1] for r in self._conn.execute("PRAGMA table_info(releases)")}
-        return bool(cols) and "accountant" not in cols
-
-    def _meta(self, key: str) -> str | None:
-        if not self._conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ledger_meta'"
-        ).fetchone():
-            return None
-        row = self._conn.execute("SELECT value FROM ledger_meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def _migrate(self, accountant_of: Callable[[str], str]) -> None:
-        """Schema 1 kept a budget per dataset version and kind. Each past release is
-        charged to its dataset's accountant at the ρ OpenDP converts its recorded loss to
-        (ε as one pure release: ρ = ε²/2, never less than its measures' sum)."""
-        self._conn.execute("ALTER TABLE releases ADD COLUMN accountant TEXT NOT NULL DEFAULT ''")
-        self._conn.execute("ALTER TABLE releases ADD COLUMN rho REAL NOT NULL DEFAULT 0")
-        rows = self._conn.execute("SELECT answer_key, dataset, kind, cost FROM releases").fetchall()
-        for key, dataset, kind, cost in rows:
-            rho = privacy.pure_to_rho(float(cost)) if kind == "epsilon" else float(cost)
-            self._conn.execute(
-                "UPDATE releases SET accountant = ?, rho = ? WHERE answer_key = ?",
-                (accountant_of(str(dataset)), rho, key),
-            )
-
-    def _rebuild_totals(self, period: str | None) -> None:
-        """Recompose every accountant's totals from its releases."""
-        groups: dict[tuple[str, str], list[float]] = {}
-        for accountant, rho, created in self._conn.execute(
-            "SELECT accountant, rho, created FROM releases ORDER BY created"
-        ):
-            groups.setdefault((str(accountant), LIFETIME), []).append(float(rho))
-            label = period_of(period, parse_iso(str(created)))
-            if label is not None:
-                groups.setdefault((str(accountant), label), []).append(float(rho))
-        self._conn.execute("DELETE FROM accountant_spent")
-        for (accountant, label), rhos in groups.items():
-            self._conn.execute(
-                "INSERT INTO accountant_spent VALUES (?, ?, ?)",
-                (accountant, label, privacy.compose_rho(rhos)),
-            )
 
     def close(self) -> None:
         with self._lock:
@@ -394,14 +229,14 @@ class Ledger:
 
         Concurrent callers share one transaction and one fsync (`_run_batch`); each
         returns only after the commit covering its own entry."""
-        result = self._group.submit(_Job(req, answer_key, release, policy, audit_body))
+        result = self._group.submit(Job(req, answer_key, release, policy, audit_body))
         if release is None:
             # A free answer leaves only once a signed head covers its entry too; waiting
             # committers share one head write.
             self.audit_log.ensure_head(result.audit.seq)
         return result
 
-    def _run_batch(self, slots: Sequence[Slot[_Job, Committed]]) -> None:
+    def _run_batch(self, slots: Sequence[Slot[Job, Committed]]) -> None:
         """Group commit (tessera/group_commit.py), under the lock: every job queued together
         in ONE transaction, each in a savepoint, its budget checked against the totals
         the jobs before it left, so concurrent answers never overspend. A job refused
@@ -411,8 +246,8 @@ class Ledger:
         todo = list(slots)
         while todo:
             free = all(s.job.release is None for s in todo)
-            done: list[tuple[Slot[_Job, Committed], Committed | Refusal]] = []
-            failed: tuple[Slot[_Job, Committed], BaseException] | None = None
+            done: list[tuple[Slot[Job, Committed], Committed | Refusal]] = []
+            failed: tuple[Slot[Job, Committed], BaseException] | None = None
             if free:
                 self._conn.execute("PRAGMA synchronous=NORMAL")
             try:
@@ -453,7 +288,7 @@ class Ledger:
             return
 
     def _after_commit(
-        self, done: list[tuple[Slot[_Job, Committed], Committed | Refusal]], free: bool
+        self, done: list[tuple[Slot[Job, Committed], Committed | Refusal]], free: bool
     ) -> None:
         """Publish a committed batch: one durable head and one watermark for all its
         paid answers, then release every caller."""

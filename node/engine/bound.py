@@ -8,6 +8,8 @@ A row that does not count has a negative cell.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import numpy.typing as npt
 
@@ -25,30 +27,49 @@ OUT = np.int32(-(1 << 20))
 def first_per_unit(frame: Frame, cell: Cells, cap: int) -> None:
     """Keep each unit's first `cap` counting rows in keyed order: the others' cells are
     set negative. Units with at most `cap` records keep every row, so only the rows of
-    the others are looked at."""
+    the others are looked at, in chunks of whole units (a chunk's arrays stay in cache)."""
     big = frame.cached(("big", cap), lambda: _big_rows(frame, cap))
     if big is None:
         return
-    rows, starts, seg = big
-    sub = cell[rows] >= 0
-    cs = np.cumsum(sub, dtype=np.int32)
-    before = cs[starts] - sub[starts]  # counting rows of the big units before this one
-    over = sub & (cs - before[seg] > cap)
-    cell[rows[over]] = OUT
+    rows, starts, seg, chunks = big
+    for ra, rb, sa, sb in chunks:
+        sub = cell[rows[ra:rb]] >= 0
+        cs = np.cumsum(sub, dtype=np.int32)
+        first = starts[sa:sb] - ra
+        before = cs[first] - sub[first]  # counting rows of this chunk's earlier units
+        over = sub & (cs - before[seg[ra:rb] - sa] > cap)
+        cell[rows[ra:rb][over]] = OUT
 
 
-def _big_rows(frame: Frame, cap: int) -> tuple[Rows, Ints, Rows] | None:
+# Rows of big units per chunk of first_per_unit (whole units: a chunk may run over).
+_CHUNK_ROWS = 1 << 16
+
+
+def _big_rows(
+    frame: Frame, cap: int
+) -> tuple[Rows, Rows, Rows, list[tuple[int, int, int, int]]] | None:
     """The rows of units with more than `cap` records, where each such unit starts
-    among them, and which of them each row belongs to."""
+    among them, which of them each row belongs to, and chunks of whole units as
+    (first row, end row, first unit, end unit)."""
     big_units = np.flatnonzero(frame.counts > cap)
     if not len(big_units):
         return None
-    sizes = frame.counts[big_units]
+    sizes = frame.counts[big_units].astype(np.int64)
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
     offsets = frame.starts[big_units].astype(np.int64) - starts
-    rows = np.repeat(offsets, sizes) + np.arange(int(sizes.sum()))
+    total = int(sizes.sum())
+    rows = np.repeat(offsets, sizes) + np.arange(total)
     seg = np.repeat(np.arange(len(big_units)), sizes)
-    return rows.astype(np.int32), starts, seg.astype(np.int32)
+    cuts = np.searchsorted(starts, np.arange(0, total, _CHUNK_ROWS), side="left")
+    unit_cuts = sorted({*cuts.tolist(), len(big_units)})
+    if unit_cuts[0] != 0:
+        unit_cuts.insert(0, 0)
+    chunks = []
+    for sa, sb in itertools.pairwise(unit_cuts):
+        ra = int(starts[sa])
+        rb = int(starts[sb]) if sb < len(starts) else total
+        chunks.append((ra, rb, sa, sb))
+    return rows.astype(np.int32), starts.astype(np.int32), seg.astype(np.int32), chunks
 
 
 def count_units(

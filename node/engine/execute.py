@@ -14,15 +14,15 @@ DuckDB's date_sub('year', ...) computes them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import date
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from tessera.node.compiler import IntVector
-from tessera.node.engine import bound
+from tessera.node.engine import bound, codes
+from tessera.node.engine.codes import Coded, Lut
 from tessera.node.engine.frame import Column, Frame
 from tessera.templates.model import (
     ActiveOnFilter,
@@ -97,7 +97,7 @@ def _run(
         null = col.null
         assert null is not None
         parts.append(frame.cached(("null", stat.column), lambda: _fails(null)))
-    cell = _sum_parts(parts, frame.n)
+    cell = codes.sum_parts(parts, frame.n)
     if stat.kind is StatisticKind.COUNT_UNITS:
         by_date = None
         if stat.choose is not None:
@@ -112,8 +112,8 @@ def _run(
     # Bin 0 takes every row that does not count; cell c goes to bin c + 1.
     binned = cell
     bins = np.zeros(n_cells + 1, dtype=np.int64)
-    for a in range(0, frame.n, _CHUNK):
-        chunk = binned[a : a + _CHUNK]
+    for a in range(0, frame.n, codes.CHUNK):
+        chunk = binned[a : a + codes.CHUNK]
         np.maximum(chunk, -1, out=chunk)
         chunk += 1
         bins += np.bincount(chunk, minlength=n_cells + 1)
@@ -171,106 +171,10 @@ def _days(d: date) -> int:
     return (d - _EPOCH).days
 
 
-# --- columns as small codes -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Coded:
-    """A column as small unsigned codes: 0 is NULL, code i + 1 the value lo + i (for
-    dictionary and boolean columns, lo + i is the dictionary code or 0/1). A lookup
-    table is gathered with np.take (non-negative small indices: the fastest gather
-    measured)."""
-
-    codes: npt.NDArray[np.unsignedinteger[Any]]
-    lo: int
-    size: int
-
-    def values(self) -> Ints:
-        return np.arange(self.size, dtype=np.int64) + self.lo
-
-    def lut(self, table: npt.NDArray[Any], null: Any) -> Lut:
-        full = np.concatenate((np.array([null], dtype=table.dtype), table))
-        return Lut(full, self.codes)
-
-    def parts(self, index: npt.NDArray[Any], null_index: int, stride: int) -> Lut:
-        """Parts from each value's declared index (-1: outside)."""
-        table = np.where(index >= 0, index.astype(np.int64) * stride, _OUT).astype(np.int32)
-        null = np.int32(null_index * stride) if null_index >= 0 else _OUT
-        return self.lut(table, null)
-
-    def passes(self, table: Mask, null: bool) -> Lut:
-        return self.lut(np.where(table, 0, _OUT).astype(np.int32), 0 if null else _OUT)
-
-
-class Lut(NamedTuple):
-    """A part not yet gathered: table[codes], taken chunk by chunk by _sum_parts."""
-
-    table: npt.NDArray[Any]
-    codes: npt.NDArray[np.unsignedinteger[Any]]
-
-    def gather(self) -> npt.NDArray[Any]:
-        return np.take(self.table, self.codes)
-
-
-# Rows per chunk when parts are summed: small enough that a chunk's gathers and sums
-# stay in cache (np.take widens its indices to intp: at 10^7 rows, whole-array
-# gathers measured memory-bound, about 6 ns a row against 1.5 at 10^6).
-_CHUNK = 1 << 16
-
-
-def _sum_parts(parts: list[Part | Lut], n: int) -> Part:
-    """Each row's cell: the sum of its parts, computed chunk by chunk."""
-    cell = np.zeros(n, dtype=np.int32)
-    if not parts:
-        return cell
-    tmp = np.empty(min(n, _CHUNK), dtype=np.int32)
-    for a in range(0, n, _CHUNK):
-        b = min(n, a + _CHUNK)
-        out = cell[a:b]
-        for i, p in enumerate(parts):
-            if isinstance(p, Lut):
-                if i == 0:
-                    np.take(p.table, p.codes[a:b], out=out)
-                    continue
-                np.take(p.table, p.codes[a:b], out=tmp[: b - a])
-                out += tmp[: b - a]
-            elif i == 0:
-                out[...] = p[a:b]
-            else:
-                out += p[a:b]
-    return cell
-
-
 def _coded(frame: Frame, name: str | None, kind: str, what: str = "") -> Coded | None:
-    """`name` coded (a date column by day, or with what="month" by month), or None
-    when its values span too wide a range for 16-bit codes."""
     col = _col(frame, name, kind)
     assert name is not None
-
-    def make() -> Coded | None:
-        values: npt.NDArray[Any] = col.values
-        if kind in ("code", "bool"):  # -1 is NULL already
-            size = len(col.dictionary) if kind == "code" else 2
-            return Coded((values + 1).astype(np.uint8 if size < 255 else np.uint16), 0, size)
-        assert col.null is not None
-        if what == "month":
-            p = frame.date_parts(name)
-            values = p.year * 12 + p.month - 1
-        valid = ~col.null
-        if not valid.any():
-            return Coded(np.zeros(frame.n, dtype=np.uint8), 0, 0)
-        lo, hi = int(values[valid].min()), int(values[valid].max())
-        if hi - lo >= (1 << 16) - 2:
-            return None
-        dtype = np.uint8 if hi - lo < 254 else np.uint16
-        codes: npt.NDArray[np.unsignedinteger[Any]] = (values.astype(np.int64) - (lo - 1)).astype(
-            dtype
-        )
-        codes[col.null] = 0
-        return Coded(codes, lo, hi - lo + 1)
-
-    got: Coded | None = frame.cached(("coded", name, what), make)
-    return got
+    return codes.coded(frame, col, name, what)
 
 
 # --- filters ------------------------------------------------------------------------

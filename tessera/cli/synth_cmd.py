@@ -72,7 +72,8 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="write each council's SSDA903 as councils hold it: stacked yearly returns "
         "(a YEAR column), repeated and missing headers, overlapping episodes, "
-        "spreadsheet-style values and mixed date formats",
+        "spreadsheet-style values and mixed date formats; and its CIN with some "
+        "children rows and some NFA referrals' primary need missing",
     )
     p.set_defaults(handler=run)
 

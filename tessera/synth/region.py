@@ -11,6 +11,7 @@ from tessera.synth.education import simulate_education
 from tessera.synth.health import simulate_health
 from tessera.synth.manifest import DatasetFiles, Organisation, RegionManifest, TableFile
 from tessera.synth.messy import stacked_returns
+from tessera.synth.messy_cin import cin_gaps
 from tessera.synth.police import simulate_police
 from tessera.synth.population import build_population
 from tessera.synth.rng import make_rng
@@ -55,7 +56,9 @@ def generate_region(
     The same seed, scale and reference date give byte-identical files. With
     ``messy``, each council's SSDA903 files are written as councils hold them:
     stacked yearly returns, repeated and missing headers, overlapping episodes,
-    spreadsheet-style values and mixed date formats (tessera.synth.messy).
+    spreadsheet-style values and mixed date formats (tessera.synth.messy), and
+    their CIN files lack some children rows and some NFA referrals' primary need
+    (tessera.synth.messy_cin).
     """
     out_dir = Path(out_dir)
     pop = build_population(make_rng(seed, "population"), scale, reference_date)
@@ -70,7 +73,12 @@ def generate_region(
             _write_messy(out_dir, council.slug, ssda903, seed, reference_date)
             if messy
             else _write_dataset(out_dir, council.slug, "ssda903", ssda903),
-            _write_dataset(out_dir, council.slug, "cin", cin),
+            _write_dataset(
+                out_dir,
+                council.slug,
+                "cin",
+                cin_gaps(make_rng(seed, f"messy-cin/{council.slug}"), cin) if messy else cin,
+            ),
             _write_dataset(out_dir, council.slug, "education", education),
         )
         size = int(pop.members(k).size)

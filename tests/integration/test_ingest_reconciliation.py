@@ -33,6 +33,7 @@ from tessera.schemas import DATASETS
 from tessera.synth import generate_region
 from tessera.synth.census import census_flat_csv, census_xml
 from tessera.synth.messy import YEAR, stacked_returns
+from tessera.synth.messy_cin import CinGaps, cin_gaps
 from tessera.synth.rng import make_rng
 from tessera.synth.writer import Tables, write_rows
 from tessera.templates import bind, load_toml
@@ -128,6 +129,7 @@ def ingested(world: World) -> Iterator[tuple[DatasetCatalog, object]]:
 
 
 KEY_ID = "ed25519:" + "0" * 64
+NEED_GAPS = CinGaps(missing_child=0.0)  # the messy CIN form's need gaps, every child row kept
 
 
 def _toml(text: str) -> Template:
@@ -478,9 +480,59 @@ def _cin_truth(clean: Tables) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
     return ref, episodes, kids
 
 
+def _expected_referrals(
+    t: Template, ref: pd.DataFrame, kids: pd.DataFrame, start: date, end: date
+) -> Counter[tuple[str, ...]]:
+    """Reference template 2 by brute force: referrals in [start, end] by need and age
+    at referral, a missing need or a child with no children row (no DOB) in the
+    template's "not recorded" cells."""
+    need_dim, age_dim = t.group_by
+    assert isinstance(need_dim, CategoriesDim) and isinstance(age_dim, BandsDim)
+    sel = ref[
+        (ref["referral_date"] >= pd.Timestamp(start)) & (ref["referral_date"] <= pd.Timestamp(end))
+    ]
+    sel = sel.merge(kids[["child_id", "dob"]], on="child_id", how="left")
+    rows = []
+    for c, n, when, dob in zip(
+        sel["child_id"], sel["primary_need"], sel["referral_date"], sel["dob"]
+    ):
+        a = _band(age_dim, None if pd.isna(dob) else _age(dob, when.date()))
+        lab = _category(need_dim, n)
+        if a is not None and lab is not None:
+            rows.append((c, lab, a))
+    # No child has more referrals than the cap in this period, so the comparison
+    # is exact whichever records the keyed order would keep.
+    cap = t.statistic.max_records_per_unit
+    assert cap is not None and max(Counter(c for c, _, _ in rows).values()) <= cap
+    return Counter((lab, a) for _, lab, a in rows)
+
+
+def _check_referrals(
+    catalog: DatasetCatalog, version: object, ref: pd.DataFrame, kids: pd.DataFrame
+) -> Counter[tuple[str, ...]]:
+    """The reference template's pre-noise answer equals the brute force; returns it."""
+    t = _template("referrals-by-need-and-age")
+    start, end = date(2025, 4, 1), date(2026, 3, 31)
+    want = _expected_referrals(t, ref, kids, start, end)
+    got = _run(
+        catalog, version, t, {"period_start": start.isoformat(), "period_end": end.isoformat()}
+    )
+    assert got == dict(want)
+    assert sum(got.values()) > 0
+    return want
+
+
+def _not_recorded(counts: Mapping[tuple[str, ...], int]) -> tuple[int, int]:
+    """Referrals counted under (no need recorded, no age recorded)."""
+    need = sum(n for (lab, _), n in counts.items() if lab == "Need not recorded")
+    age = sum(n for (_, a), n in counts.items() if a == "Age not recorded")
+    return need, age
+
+
 @pytest.mark.parametrize("form", ["xml", "flat"])
 def test_cin_census_gives_true_numbers(world: World, tmp_path: Path, form: str) -> None:
-    clean = world.clean["cin"]
+    # A census Child always carries its identifiers, so only the need gap applies.
+    clean = cin_gaps(make_rng(SEED, f"messy-cin/{COUNCIL}"), world.clean["cin"], NEED_GAPS)
     if form == "xml":
         path = tmp_path / "census.xml"
         path.write_text(census_xml(clean, 2026), encoding="utf-8")
@@ -512,37 +564,40 @@ def test_cin_census_gives_true_numbers(world: World, tmp_path: Path, form: str) 
             got = _run(catalog, version, t, {"on_date": on.isoformat()})
             assert got == dict(want), on
             assert sum(got.values()) > 0
-        # Referrals in a period, by need and age (the reference template).
-        t = _template("referrals-by-need-and-age")
-        need_dim, age_dim = t.group_by
-        assert isinstance(need_dim, CategoriesDim) and isinstance(age_dim, BandsDim)
-        start, end = date(2025, 4, 1), date(2026, 3, 31)
-        sel = ref[
-            (ref["referral_date"] >= pd.Timestamp(start))
-            & (ref["referral_date"] <= pd.Timestamp(end))
-        ]
-        sel = sel.merge(kids[["child_id", "dob"]], on="child_id", how="left")
-        sel = sel.sort_values(["child_id", "referral_date"])
-        want2: Counter[tuple[str, ...]] = Counter()
-        cap = t.statistic.max_records_per_unit
-        rows = []
-        for c, n, when, dob in zip(
-            sel["child_id"], sel["primary_need"], sel["referral_date"], sel["dob"]
-        ):
-            a = _band(age_dim, None if pd.isna(dob) else _age(dob, when.date()))
-            lab = _category(need_dim, n)
-            if a is not None and lab is not None:
-                rows.append((c, lab, a))
-        # No child has more referrals than the cap in this period, so the comparison
-        # is exact whichever records the keyed order would keep.
-        assert cap is not None and max(Counter(c for c, _, _ in rows).values()) <= cap
-        for _, lab, a in rows:
-            want2[(lab, a)] += 1
-        got2 = _run(
-            catalog, version, t, {"period_start": start.isoformat(), "period_end": end.isoformat()}
-        )
-        assert got2 == dict(want2)
-        assert sum(got2.values()) > 0
+        # Referrals in a period, by need and age (the reference template), the NFA
+        # referrals without a need recorded in "Need not recorded".
+        counted = _check_referrals(catalog, version, ref, kids)
+        assert _not_recorded(counted)[0] > 0
+
+
+def test_cin_gaps_are_counted_not_dropped(world: World, tmp_path: Path) -> None:
+    """The messy CIN files (tessera.synth.messy_cin, as `tessera synth --messy` writes
+    them): children with referrals but no children row, and NFA referrals with no
+    primary need. Reference template 2 counts every such referral in its "not
+    recorded" cells, and its pre-noise answer equals a brute force on the files."""
+    messy = cin_gaps(make_rng(SEED, f"messy-cin/{COUNCIL}"), world.clean["cin"])
+    files = {name: [_w(tmp_path / "cin" / f"{name}.csv", cols)] for name, cols in messy.items()}
+    data = tmp_path / "data"
+    report = ingest_dataset(DATASETS["cin"], files, data, NOW)
+    assert report.outcome == "written", report.render()
+    assert report.rows_rejected == 0
+    ref, _, kids = _cin_truth(messy)
+    orphans = set(ref["child_id"]) - set(kids["child_id"])
+    assert orphans and (ref["primary_need"] == "").any()  # the files have both gaps
+    with DatasetCatalog(data) as catalog:
+        version = catalog.latest("cin")
+        assert version is not None
+        assert dict(version.children_without_header)["referrals"] == len(orphans)  # type: ignore[attr-defined]
+        counted = _check_referrals(catalog, version, ref, kids)
+    no_need, no_age = _not_recorded(counted)
+    assert no_need > 0 and no_age > 0
+    # Every referral in the period is counted somewhere: none had an age outside
+    # every band, so the total is the number of referrals (each child is under the cap).
+    in_period = ref[
+        (ref["referral_date"] >= pd.Timestamp(2025, 4, 1))
+        & (ref["referral_date"] <= pd.Timestamp(2026, 3, 31))
+    ]
+    assert sum(counted.values()) == len(in_period)
 
 
 def test_dates_in_every_format_ingest_to_identical_content(world: World, tmp_path: Path) -> None:

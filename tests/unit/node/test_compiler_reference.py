@@ -1265,7 +1265,7 @@ def test_reference_template_2_referrals(tmp_path: Path) -> None:
         ref("Y", date(2020, 2, 1), "N4"),
         ref("Y", date(2020, 3, 1), "N2"),
         ref("Y", date(2019, 12, 31), "N4"),  # before the period
-        ref("Y", date(2020, 4, 1), None),  # no need recorded and no `other`: dropped
+        ref("Y", date(2020, 4, 1), None),  # no need recorded: "Need not recorded"
         # Z: aged 0. Cap three over (N1, N1, N9, N9): two of one and one of the other.
         ref("Z", date(2020, 5, 1), "N9"),
         ref("Z", date(2020, 6, 1), "N1"),
@@ -1275,23 +1275,32 @@ def test_reference_template_2_referrals(tmp_path: Path) -> None:
         ref("W", date(2020, 1, 1), "N7"),
         ref("W", date(2020, 12, 31), "N7"),
         ref("W", date(2021, 1, 1), "N7"),  # after the period
-        # V: aged 40, outside every band.
+        # V: aged 40, outside every band (present, so not "unknown"): not counted.
         ref("V", date(2020, 5, 5), "N1"),
+        # U: referrals but no children row, so no date of birth: "Age not recorded",
+        # one of them with no need recorded either.
+        ref("U", date(2020, 3, 3), "N5"),
+        ref("U", date(2020, 9, 9), None),
+        ref("U", date(2019, 9, 9), "N5"),  # before the period
     ]
     db = write_db(tmp_path / "cin.duckdb", "cin", {"children": children, "referrals": referrals})
     values = bind(t, {"period_start": "2020-01-01", "period_end": "2020-12-31"})
-    assert t.shape == (9, 5)
+    assert t.shape == (10, 6)
+    no_need, no_age = 10, 5  # the "Need not recorded" / "Age not recorded" indices
 
-    def cell(need: int, band: int) -> int:  # need N1..N9, band 0..4
-        return (need - 1) * 5 + band
+    def cell(need: int, band: int) -> int:  # need N1..N9 or no_need, band 0..4 or no_age
+        return (need - 1) * 6 + band
 
     splits = set()
     for key in [*KEYS, *(hashlib.sha256(bytes([i])).digest() for i in range(12))]:
         got = compile_and_run(db, t, values, key)["count"]
-        want = np.zeros(45, dtype=np.int64)
+        want = np.zeros(60, dtype=np.int64)
         want[cell(4, 3)] = 1  # Y
         want[cell(2, 3)] = 1  # Y
+        want[cell(no_need, 3)] = 1  # Y, no need recorded
         want[cell(7, 4)] = 2  # W
+        want[cell(5, no_age)] = 1  # U, no children row
+        want[cell(no_need, no_age)] = 1  # U, neither
         # X: 5 referrals, counted 3 times; Z: 4, counted 3 times.
         x, z = (
             (int(got[cell(1, 1)]), int(got[cell(1, 2)])),
@@ -1301,6 +1310,6 @@ def test_reference_template_2_referrals(tmp_path: Path) -> None:
         want[cell(1, 1)], want[cell(1, 2)] = x
         want[cell(1, 0)], want[cell(9, 0)] = z
         assert_vectors_equal({"count": got}, {"count": want})
-        assert int(got.sum()) == 10
+        assert int(got.sum()) == 13
         splits.add((x, z))
     assert len(splits) > 1  # the key, not the cell order, decides

@@ -19,7 +19,8 @@ from tessera.errors import Refusal
 from tessera.group_commit import GroupCommit, Slot
 from tessera.keys import SigningKey
 from tessera.node.config import Policy
-from tessera.node.ledger import Committed, Ledger, NewRelease, RequestRecord, _Job
+from tessera.node.ledger import Committed, Ledger, NewRelease, RequestRecord
+from tessera.node.ledger_schema import Job
 
 BODY = {
     "actor": None,
@@ -144,11 +145,11 @@ def test_in_one_batch_a_refused_or_failing_job_fails_alone(tmp_path: Path) -> No
     ledger = Ledger(path, key, CLOCK)
     policy = Policy(POP, 1.0, None, None)
     ledger.commit(_req(0), "a0", _release(0, 0.5), policy, dict(BODY))
-    slots: list[Slot[_Job, Committed]] = [
-        Slot(_Job(_req(1), "a1", _release(1, 0.25), policy, dict(BODY))),
+    slots: list[Slot[Job, Committed]] = [
+        Slot(Job(_req(1), "a1", _release(1, 0.25), policy, dict(BODY))),
         # A replay of request 0's nonce under another id: refused.
         Slot(
-            _Job(
+            Job(
                 RequestRecord("request-x", "hx", "ed25519:x", f"{0:032x}"),
                 "a0",
                 None,
@@ -157,10 +158,10 @@ def test_in_one_batch_a_refused_or_failing_job_fails_alone(tmp_path: Path) -> No
             )
         ),
         # No stored answer and nothing to release: a fault of ours.
-        Slot(_Job(_req(3), "missing", None, policy, dict(BODY))),
+        Slot(Job(_req(3), "missing", None, policy, dict(BODY))),
         # Over the cap once job 1 has paid: refused by the total the batch left.
-        Slot(_Job(_req(4), "a4", _release(4, 0.5), policy, dict(BODY))),
-        Slot(_Job(_req(5), "a0", None, policy, dict(BODY))),
+        Slot(Job(_req(4), "a4", _release(4, 0.5), policy, dict(BODY))),
+        Slot(Job(_req(5), "a0", None, policy, dict(BODY))),
     ]
     with ledger._lock:
         ledger._run_batch(slots)

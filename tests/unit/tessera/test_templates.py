@@ -290,7 +290,10 @@ def test_reference_templates_load() -> None:
         "on_date", date(2015, 3, 31), date(2026, 3, 31), "The date on which children are counted."
     )
     assert (t2.dataset, t2.source, t2.privacy_unit) == ("cin", "referrals", "child_id")
-    assert t2.shape == (9, 5) and t2.n_cells == 45
+    # 9 needs + "Need not recorded" x 5 age brackets + "Age not recorded": no referral dropped.
+    assert t2.shape == (10, 6) and t2.n_cells == 60
+    assert t2.group_by[0].labels[-1] == "Need not recorded"
+    assert t2.group_by[1].labels[-1] == "Age not recorded"
     assert t2.statistic.max_records_per_unit == 3
     assert t2.privacy.rho == 0.125 and t2.privacy.epsilon is None
 

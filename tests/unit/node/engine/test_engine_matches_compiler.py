@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 
 from tessera import schemas
 from tessera.node import compiler, engine
-from tessera.node.engine import execute
+from tessera.node.engine import bound, codes, execute
 from tessera.node.engine import frame as frames
 from tessera.templates import bind, load_toml
-from tessera.templates.model import ParamValue, Template, TemplateError
+from tessera.templates.model import DateRef, ParamValue, Template, TemplateError
 from tessera.templates.parse import parse, to_dict
 from tests.unit.node.test_compiler_reference import (
     EXAMPLES,
@@ -70,10 +70,17 @@ def check(
     t: Template,
     values: dict[str, ParamValue],
     order_key: bytes = ORDER_KEY,
+    chunk: int | None = None,
 ) -> dict[str, np.ndarray]:
-    with tempfile.TemporaryDirectory(dir=SCRATCH) as d:
-        db = write_db(Path(d) / f"{dataset}.duckdb", dataset, tables)
-        got, want = engine_and_compiler(db, t, values, order_key)
+    """`chunk`: the engine's rows per chunk (small ones make small data span chunks)."""
+    saved = codes.CHUNK, bound._CHUNK_ROWS
+    codes.CHUNK, bound._CHUNK_ROWS = (chunk, chunk) if chunk else saved
+    try:
+        with tempfile.TemporaryDirectory(dir=SCRATCH) as d:
+            db = write_db(Path(d) / f"{dataset}.duckdb", dataset, tables)
+            got, want = engine_and_compiler(db, t, values, order_key)
+    finally:
+        codes.CHUNK, bound._CHUNK_ROWS = saved
     assert got is not None, "the engine declined a supported template"
     assert_vectors_equal(got, want)
     return got
@@ -81,19 +88,23 @@ def check(
 
 # --- health: the compiler reference test's own strategies ---------------------------------
 
+CHUNKS = st.sampled_from([1, 3, 7, 1 << 16])
+
 
 @settings(max_examples=200, deadline=None)
 @given(
     spec=health_templates(),
     rows=ed_rows,
     order_key=st.binary(min_size=32, max_size=32) | st.just(ORDER_KEY),
+    chunk=CHUNKS,
 )
 def test_health_engine_matches_compiler(
-    spec: tuple[dict[str, Any], dict[str, Any]], rows: list[Ed], order_key: bytes
+    spec: tuple[dict[str, Any], dict[str, Any]], rows: list[Ed], order_key: bytes, chunk: int
 ) -> None:
     d, raw = spec
     t = parse_or_skip(d)
-    check("health", {"ed_attendances": [r._asdict() for r in rows]}, t, bind(t, raw), order_key)
+    rows_ = {"ed_attendances": [r._asdict() for r in rows]}
+    check("health", rows_, t, bind(t, raw), order_key, chunk)
 
 
 # Many records per person: the per-person caps bite, and duplicates share a rank.
@@ -114,13 +125,13 @@ many_per_unit = st.lists(
 
 
 @settings(max_examples=100, deadline=None)
-@given(spec=health_templates(), rows=many_per_unit)
+@given(spec=health_templates(), rows=many_per_unit, chunk=CHUNKS)
 def test_health_many_records_per_unit(
-    spec: tuple[dict[str, Any], dict[str, Any]], rows: list[Ed]
+    spec: tuple[dict[str, Any], dict[str, Any]], rows: list[Ed], chunk: int
 ) -> None:
     d, raw = spec
     t = parse_or_skip(d)
-    check("health", {"ed_attendances": [r._asdict() for r in rows]}, t, bind(t, raw))
+    check("health", {"ed_attendances": [r._asdict() for r in rows]}, t, bind(t, raw), chunk=chunk)
 
 
 # --- episodes: intervals, ages and dates of birth --------------------------------------------
@@ -249,14 +260,14 @@ def episode_templates(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(spec=episode_templates(), data=episodes_data())
+@given(spec=episode_templates(), data=episodes_data(), chunk=CHUNKS)
 def test_episodes_engine_matches_compiler(
-    spec: tuple[dict[str, Any], dict[str, Any]], data: dict[str, list[dict[str, Any]]]
+    spec: tuple[dict[str, Any], dict[str, Any]], data: dict[str, list[dict[str, Any]]], chunk: int
 ) -> None:
     d, raw = spec
     t = parse(d)
     assert to_dict(t) == d
-    check("ssda903", data, t, bind(t, raw))
+    check("ssda903", data, t, bind(t, raw), chunk=chunk)
 
 
 # --- attendance: sums and means of an integer column over a joined source -------------------
@@ -321,7 +332,7 @@ def test_attendance_sums_match_compiler(
 ) -> None:
     d, tables = case
     t = parse(d)
-    check("education", tables, t, bind(t, {}))
+    check("education", tables, t, bind(t, {}), chunk=5)
 
 
 # --- completed years, date by date, against DuckDB's date_sub -----------------------------
@@ -338,15 +349,13 @@ def test_age_matches_duckdb_date_sub_around_29_february() -> None:
             fr = frames.Frame(
                 len(days),
                 np.arange(len(days), dtype=np.int32),
-                np.arange(len(days), dtype=np.int64),
-                np.ones(len(days), dtype=np.int64),
+                np.arange(len(days), dtype=np.int32),
+                np.ones(len(days), dtype=np.int32),
                 None,
                 {"b": col},
                 0,
             )
             fr._cache[("parts", "b")] = parts
-            from tessera.templates.model import DateRef
-
             got, _ = execute._age(fr, "b", DateRef(fixed=at), None, {})
             want = [
                 con.execute("SELECT date_sub('year', ?::DATE, ?::DATE)", [d, at]).fetchone()[0]  # type: ignore[index]
@@ -501,3 +510,22 @@ def test_empty_source(tmp_path: Path, kind: str) -> None:
     }
     t = parse(template_dict(statistic=stat))
     check("health", {"ed_attendances": []}, t, {})
+
+
+def test_sort_orders_each_unit_by_its_full_rank() -> None:
+    # Ranks that agree in all but their lowest bit share the one-sort key (two units:
+    # one bit for the unit): the order must still follow the full rank.
+    hu = np.array([7, 7, 3, 7], dtype=np.uint64)
+    h2 = np.zeros(4, dtype=np.uint32)
+    r = np.array([5, 4, 9, 2**63], dtype=np.uint64)
+    got = frames._sort([hu, h2, r])
+    assert got is not None
+    order, new_unit, ranks = got
+    assert order.tolist() == [2, 1, 0, 3]
+    assert new_unit.tolist() == [True, True, False, False]
+    assert ranks.tolist() == [9, 4, 5, 2**63]
+
+
+def test_sort_declines_units_whose_hashes_collide() -> None:
+    hu = np.array([7, 7], dtype=np.uint64)
+    assert frames._sort([hu, np.array([1, 2], dtype=np.uint32), np.zeros(2, np.uint64)]) is None
