@@ -1,5 +1,5 @@
 """The messy SSDA903 form: what it adds, that its truth is recoverable, and that
-the same seed gives the same files."""
+the same seed gives the same files; and the messy form's CIN gaps."""
 
 from __future__ import annotations
 
@@ -62,6 +62,25 @@ def test_messy_region_is_reproducible(tmp_path: Path) -> None:
                 assert filecmp.cmp(tmp_path / "a" / f.path, tmp_path / "b" / f.path, shallow=False)
     names, _ = read_csv(tmp_path / "a" / a.organisations[0].datasets[0].tables["episodes"].path)
     assert names[-1] == YEAR
+    # The CIN gaps (tessera.synth.messy_cin): children with referrals but no children
+    # row, and NFA referrals with no primary need, never a referral that opened an episode.
+    orphans = blank = 0
+    for org in a.organisations:
+        for ds in org.datasets:
+            if ds.name == "cin":
+                _, kids = read_csv(tmp_path / "a" / ds.tables["children"].path)
+                _, refs = read_csv(tmp_path / "a" / ds.tables["referrals"].path)
+                orphans += len({r["child_id"] for r in refs} - {k["child_id"] for k in kids})
+                blank += sum(r["primary_need"] == "" for r in refs)
+                assert all(r["nfa"] == "true" for r in refs if r["primary_need"] == "")
+    assert orphans > 0 and blank > 0
+
+
+def test_clean_cin_has_no_gaps(region: Region) -> None:
+    _, kids = read_csv(region.root / "leeds" / "cin" / "children.csv")
+    _, refs = read_csv(region.root / "leeds" / "cin" / "referrals.csv")
+    assert {r["child_id"] for r in refs} <= {k["child_id"] for k in kids}
+    assert all(r["primary_need"] for r in refs)
 
 
 def test_census_forms_hold_every_referral(region: Region) -> None:
