@@ -27,6 +27,13 @@ from tessera.tls import TlsMaterial, pinned_options
 from tessera.wire.v1 import node_pb2, node_pb2_grpc
 
 log = logging.getLogger("tessera.coordinator")
+_SERVICE = node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name
+# The reply message of each method the fan-out calls.
+_REPLIES: dict[str, Any] = {
+    "Execute": node_pb2.ExecuteReply,
+    "Describe": node_pb2.DescribeReply,
+    "GetBudget": node_pb2.GetBudgetReply,
+}
 T = TypeVar("T")
 # Beyond its deadline, how long to wait for a call's outcome before giving up on it.
 _GRACE = 5.0
@@ -54,6 +61,7 @@ class FanOut:
             ("grpc.max_reconnect_backoff_ms", 3000),
         ]
         self._channels: dict[tuple[str, str], aio.Channel] = {}  # only on the loop thread
+        self._methods: dict[tuple[str, str, str], Any] = {}  # likewise
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="tessera-fanout", daemon=True
@@ -124,9 +132,11 @@ class FanOut:
         """Start every call now; yield outcomes in the order they complete."""
         if self._closed:
             raise RuntimeError("fan-out is closed")
+        wire: bytes = request.SerializeToString()
         done: queue.Queue[Outcome[T]] = queue.Queue()
-        for t in targets:
-            self._submit(self._one(t, method, request, decode, deadline, done))
+        # One hand-off to the loop thread per fan-out, not one per node: each costs a
+        # wake-up of the loop and a chained future.
+        self._submit(self._all(targets, method, wire, decode, deadline, done))
         return self._collect(targets, done, deadline)
 
     def _collect(
@@ -150,11 +160,27 @@ class FanOut:
                 (deadline + _GRACE) * 1000,
             )
 
+    async def _all(
+        self,
+        targets: Sequence[Target],
+        method: str,
+        request: bytes,
+        decode: Callable[[Any], T],
+        deadline: float,
+        done: queue.Queue[Outcome[T]],
+    ) -> None:
+        calls = [
+            asyncio.ensure_future(self._one(t, method, request, decode, deadline, done))
+            for t in targets
+        ]
+        if calls:
+            await asyncio.wait(calls)
+
     async def _one(
         self,
         target: Target,
         method: str,
-        request: Any,
+        request: bytes,
         decode: Callable[[Any], T],
         deadline: float,
         done: queue.Queue[Outcome[T]],
@@ -166,8 +192,8 @@ class FanOut:
             return Outcome(target.organisation, status, message, round(ms, 3), value)
 
         try:
-            stub = node_pb2_grpc.NodeServiceStub(self._channel(target.address, target.identity))
-            reply = await getattr(stub, method)(request, timeout=deadline)
+            call = self._method(target.address, target.identity, method)
+            reply = await call(request, timeout=deadline)
             result = outcome("OK", "", decode(reply))
         except aio.AioRpcError as e:
             code = e.code()
@@ -177,6 +203,21 @@ class FanOut:
             log.error("call to %s failed: %s", target.organisation, type(e).__name__)
             result = outcome("INTERNAL", "the coordinator could not make this call")
         done.put(result)
+
+    def _method(self, address: str, identity: str, method: str) -> Any:
+        """The node's `method`, bound once per channel. It takes the request already
+        serialised: a fan-out sends every node the same bytes, encoded once (`_call`)."""
+        key = (address, identity, method)
+        call = self._methods.get(key)
+        if call is None:
+            call = self._channel(address, identity).unary_unary(
+                f"/{_SERVICE}/{method}",
+                request_serializer=None,
+                response_deserializer=_REPLIES[method].FromString,
+                _registered_method=True,
+            )
+            self._methods[key] = call
+        return call
 
     def _channel(self, address: str, identity: str) -> aio.Channel:
         ch = self._channels.get((address, identity))
@@ -198,6 +239,7 @@ class FanOut:
             for ch in self._channels.values():
                 await ch.close()
             self._channels.clear()
+            self._methods.clear()
 
         try:
             asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(timeout=10)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -35,7 +35,7 @@ class NodeAnswer:
     statistic: str
     dimensions: tuple[tuple[str, tuple[str, ...]], ...]
     measures: Mapping[str, results.Measure]
-    cells: tuple[results.Cell, ...]
+    cells: Sequence[results.Cell]
     cost: Loss
     charged: float
     from_cache: bool

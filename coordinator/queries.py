@@ -67,7 +67,7 @@ class Queries:
         context = {} if body is None else _request_context(body)
         with self.s.refusals_audited(identity, method, **context):
             person = self.s.caller(identity, method)
-            request = self._verified(person, signed)
+            request = self._verified(person, signed, body)
             existing = self.s.store.query(request.request_id)
             if existing is not None:
                 self._same_request(existing, signed)
@@ -80,15 +80,21 @@ class Queries:
                 self._begin(run)
         return self._stream(run)
 
-    def _verified(self, person: Person, signed: requests.SignedRequest) -> requests.QueryRequest:
+    def _verified(
+        self,
+        person: Person,
+        signed: requests.SignedRequest,
+        body: requests.QueryRequest | None,
+    ) -> requests.QueryRequest:
+        """`body` is `_parsed(signed)`, parsed once for the audit context and reused."""
         try:
-            request = requests.parse(signed.body)
+            request = requests.parse(signed.body) if body is None else body
         except requests.RequestError as e:
             raise Refusal("INVALID_ARGUMENT", str(e)) from None
         if request.analyst_key != person.key:
             raise Refusal("PERMISSION_DENIED", "the request is not signed with your registered key")
         try:
-            return requests.verify(signed)
+            return requests.verify(signed, request)
         except requests.RequestSignatureError as e:
             raise Refusal("UNAUTHENTICATED", str(e)) from None
 

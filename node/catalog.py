@@ -11,7 +11,9 @@ is only partly fetched raises. Loading a version forgets the catalog's connectio
 to older versions of that dataset; each one's memory is freed when its last cursor
 is (an older version asked for again is decrypted again). A plaintext
 ``v<N>.duckdb`` from before encryption at rest is refused, with a warning saying
-to re-ingest it.
+to re-ingest it. The query engine's frames (node/engine) are built from a version's
+connection and cached here, in memory only; building one forgets that connection (a
+query the engine declines decrypts the version again).
 """
 
 from __future__ import annotations

@@ -173,9 +173,10 @@ def parse(body: bytes) -> QueryRequest:
     )
 
 
-def verify(signed: SignedRequest) -> QueryRequest:
-    """Parse and check the analyst's signature over the exact body bytes."""
-    request = parse(signed.body)
+def verify(signed: SignedRequest, parsed: QueryRequest | None = None) -> QueryRequest:
+    """Parse and check the analyst's signature over the exact body bytes. `parsed`, if
+    given, must be `parse(signed.body)`: a caller that parsed already saves a parse."""
+    request = parse(signed.body) if parsed is None else parsed
     if not keys.PublicKey.from_id(request.analyst_key).verify(
         keys.QUERY_REQUEST, signed.body, signed.signature
     ):
