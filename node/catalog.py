@@ -12,8 +12,11 @@ to older versions of that dataset; each one's memory is freed when its last curs
 is (an older version asked for again is decrypted again). A plaintext
 ``v<N>.duckdb`` from before encryption at rest is refused, with a warning saying
 to re-ingest it. The query engine's frames (node/engine) are built from a version's
-connection and cached here, in memory only; building one forgets that connection (a
-query the engine declines decrypts the version again).
+connection (a one-table source: straight from the sealed file, batch by batch, with
+no whole decrypted copy; node/engine/stream.py) and cached here, in memory only;
+building one forgets that connection (a query the engine declines decrypts the
+version again). `warm` builds them in a background thread when the node starts and
+when a newer version appears.
 """
 
 from __future__ import annotations
@@ -21,15 +24,18 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import duckdb
 
+from tessera import schemas
 from tessera.node import storage, vault
 from tessera.node.compiler import order_words
 from tessera.node.engine import frame as frames
+from tessera.node.engine import stream
 from tessera.node.ingest.manifest import (
     DATASET_NAME,
     VERSION_FILE,
@@ -53,6 +59,8 @@ class DatasetVersion:
     # row, so NULL header fields such as DOB), e.g. (("episodes", 3),). Read it
     # with dict(version.children_without_header).
     children_without_header: tuple[tuple[str, int], ...] = ()
+    # From the manifest: rows per table, e.g. (("episodes", 1200),) (sizes a frame).
+    table_rows: tuple[tuple[str, int], ...] = ()
 
 
 class DatasetCatalog:
@@ -75,6 +83,11 @@ class DatasetCatalog:
         self._frames: dict[tuple[str, int, str, int, int], frames.Frame | None] = {}
         self._frame_loading: dict[tuple[str, int, str], threading.Lock] = {}
         self._closed = False
+        # Frames built, and of those read straight from the sealed file (for tests).
+        self.built = 0
+        self.streamed = 0
+        self._stop = threading.Event()
+        self._warmed = threading.Event()
 
     def datasets(self) -> list[str]:
         """Names of datasets with at least one published version."""
@@ -153,14 +166,11 @@ class DatasetCatalog:
             with self._lock:
                 if key in self._frames:
                     return self._frames[key]
-            scanned = frames.scan(self.connect(version), version.name, source, order_key)
+            built = self._build(version, source, order_key)
             with self._lock:
-                # The frame stands in for the in-memory copy (held only while the scan
-                # ran): forget it, so its memory goes with its last cursor; a query the
-                # engine declines decrypts the version again.
+                # Whichever way it was built, the frame stands in for the in-memory copy.
                 self._connections.pop(key[:2], None)
-            built = frames.finish(scanned)
-            del scanned
+            self.built += 1
             with self._lock:
                 if self._closed:
                     raise RuntimeError("catalog is closed")
@@ -170,7 +180,80 @@ class DatasetCatalog:
                     del self._frames[old]
             return built
 
+    def _build(self, version: DatasetVersion, source: str, order_key: bytes) -> frames.Frame | None:
+        """A one-table source straight from the sealed file, batch by batch (no whole
+        decrypted copy); a joined one from the version's in-memory DuckDB copy."""
+        table = stream.one_table(version.name, source)
+        if table is not None:
+            with self._lock:
+                if self._key is None:
+                    self._key = vault.default_key()
+                data_key = self._key
+            built = stream.build_sealed(
+                version.path,
+                data_key,
+                version.name,
+                version.version,
+                source,
+                order_key,
+                rows_hint=dict(version.table_rows).get(table, 0),
+            )
+            if built is not False:
+                self.streamed += 1
+                return built
+        scanned = frames.scan(self.connect(version), version.name, source, order_key)
+        with self._lock:
+            # The frame stands in for the in-memory copy (held only while the scan
+            # ran): forget it, so its memory goes with its last cursor; a query the
+            # engine declines decrypts the version again.
+            self._connections.pop((version.name, version.version), None)
+        return frames.finish(scanned)
+
+    def warm(
+        self, datasets: Iterable[str], order_key: bytes, every: float | None = 5.0
+    ) -> threading.Thread:
+        """Build the frames of every source of each dataset's latest version in a
+        background thread, so the first query does not pay for them (one arriving
+        meanwhile waits for that build, not a second one); then, every `every`
+        seconds, those of a newer version (an ingest publishes without telling the
+        node). Stops when the catalog is closed."""
+        names = sorted(datasets)
+        thread = threading.Thread(
+            target=self._warm, args=(names, order_key, every), name="frames-warm", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def wait_warm(self, timeout: float | None = None) -> bool:
+        """True once a warm-up pass over every dataset has finished."""
+        return self._warmed.wait(timeout)
+
+    @property
+    def warming(self) -> bool:
+        return not self._warmed.is_set()
+
+    def _warm(self, names: list[str], order_key: bytes, every: float | None) -> None:
+        while not self._stop.is_set():
+            for name in names:
+                ds = schemas.dataset(name)
+                version = self.latest(name)
+                if ds is None or version is None:
+                    continue
+                for source in ds.sources:
+                    if self._stop.is_set():
+                        return
+                    try:
+                        self.frame(version, source, order_key)
+                    except Exception as e:  # a query builds it (or reports it) instead
+                        if not self._stop.is_set():
+                            # The type only: an exception's text can carry data values.
+                            log.warning("warm-up of a frame failed (%s)", type(e).__name__)
+            self._warmed.set()
+            if every is None or self._stop.wait(every):
+                return
+
     def close(self) -> None:
+        self._stop.set()
         with self._lock:
             self._closed = True
             connections = list(self._connections.values())
@@ -224,6 +307,7 @@ class DatasetCatalog:
             schema_version=parsed.schema_version,
             path=database,
             children_without_header=tuple(sorted(parsed.children_without_header.items())),
+            table_rows=tuple(sorted((t, c.rows_loaded) for t, c in parsed.tables.items())),
         )
         with self._lock:
             return self._known.setdefault(key, version)

@@ -107,6 +107,8 @@ def start(
         if isinstance(e, observability.PortError):
             raise startup.StartupError(f"{where}: {e}") from None
         raise
+    # The engine's frames in the background: the first query need not build them.
+    service.catalog.warm(cfg.datasets, service.secret)
     return RunningNode(service, running)
 
 

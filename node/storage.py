@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, Final
 
@@ -156,3 +156,32 @@ def open_stream(src: BinaryIO, key: DataKey, dataset: str, version: int) -> Seal
     return SealedReader(
         src, key, vault.KIND_VERSION, binding(dataset, version), f"{dataset} version {version}"
     )
+
+
+def table_batches(
+    path: Path, key: DataKey, dataset: str, version: int, table: str
+) -> Iterator[tuple[str, pa.RecordBatch]]:
+    """The rows of one table of a sealed version, batch by batch, each with the table's
+    CREATE statement: decrypted chunk by chunk, never a whole copy. The rest of the
+    file is read (and authenticated) to its end record, as ``read_tables`` does."""
+    with path.open("rb", buffering=vault.CHUNK_BYTES + 64) as f:
+        src = open_stream(f, key, dataset, version)
+        source = pa.PythonFile(src, mode="r")
+        while True:
+            tag = src.read_exact(1)
+            if tag == b"E":
+                break
+            if tag not in (b"T", b"V"):
+                raise VaultError("sealed version: unknown record")
+            (n,) = _LEN.unpack(src.read_exact(_LEN.size))
+            if n > _MAX_META:
+                raise VaultError("sealed version: oversized record")
+            meta = json.loads(src.read_exact(n))
+            if tag == b"V":
+                continue
+            wanted = meta["name"] == table
+            for batch in ipc.open_stream(source):
+                if wanted:
+                    yield str(meta["sql"]), batch
+        if not src.at_end():
+            raise VaultError("sealed version: data after the end record")

@@ -4,7 +4,8 @@ Built once per (version, source, node secret) by one streaming DuckDB scan of th
 source's SQL, then sorted in numpy. The rank is computed by DuckDB with exactly the
 compiler's expression, so the frame's order within a unit is the compiler's keyed
 order; it depends on the node secret, so a frame lives only in memory (never
-persisted) and is keyed by the secret's order words.
+persisted) and is keyed by the secret's order words. A one-table source is built
+from the sealed file instead, without the DuckDB copy (stream.py), with the same SQL.
 
 Columns are encoded for numpy: code/text columns as small dictionary codes (NULL is
 -1, so a lookup table with one extra last slot maps NULL by negative indexing), dates
@@ -36,6 +37,7 @@ import pyarrow.compute as pc
 
 from tessera import schemas
 from tessera.node.compiler import order_words
+from tessera.node.engine.order import count_differing, count_ties, sort_keys
 
 # More distinct values than this and a text column is an identifier, not a code.
 MAX_DICTIONARY: Final = 4096
@@ -44,7 +46,6 @@ _BATCH_ROWS: Final = 1 << 20
 # than numpy's simple day arithmetic needs to handle).
 _MIN_DAY: Final = -25567  # 1900-01-01
 _MAX_DAY: Final = 116528  # 2289-01-01
-_CELL_BITS: Final = 14
 _EPOCH: Final = date(1970, 1, 1)
 
 Kind = Literal["code", "int", "date", "bool"]
@@ -124,19 +125,28 @@ def _q(name: str) -> str:
 
 
 class _Encoder:
-    """Fills one column's numpy array batch by batch (allocated once: no concatenation)."""
+    """Fills one column's numpy array batch by batch. With the row count known (`scan`)
+    it is allocated once at its narrowest type; `growing` (stream.py), `n` is only a
+    capacity hint: the array grows when a batch needs it (an integer column widens
+    when a batch needs it), and `close` trims it."""
 
-    def __init__(self, name: str, kind: Kind, n: int, dtype: Any) -> None:
-        self.name, self.kind = name, kind
+    def __init__(self, name: str, kind: Kind, n: int, dtype: Any, growing: bool = False) -> None:
+        self.name, self.kind, self.growing = name, kind, growing
         self.values: Array = np.empty(n, dtype=dtype)
         self.null = np.empty(n, dtype=np.bool_) if kind in ("int", "date") else None
         self.codes: dict[str, int] = {}
         self.ok = True
 
-    def add(self, arr: pa.Array, at: int) -> None:
+    def add(self, arr: pa.Array, at: int, pos: npt.NDArray[np.int32] | None = None) -> None:
+        """The batch `arr` as rows at..at+len(arr), or (`pos`) at those rows."""
         if not self.ok:
             return
         end = at + len(arr)
+        where: Any = slice(at, end) if pos is None else pos
+        if self.growing and end > len(self.values):
+            self.values = grow(self.values, end)
+            if self.null is not None:
+                self.null = grow(self.null, end)
         if self.kind == "code":
             enc = pc.dictionary_encode(arr)
             words = enc.dictionary.to_pylist()
@@ -147,19 +157,46 @@ class _Encoder:
             if len(self.codes) > MAX_DICTIONARY:
                 self.ok = False  # an identifier column: left to the compiler
                 self.values = np.empty(0, dtype=np.int16)
+                self.null = None
                 return
             idx = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False)
-            self.values[at:end] = remap[idx]
+            self.values[where] = remap[idx]
         elif self.kind == "bool":
             v = pc.fill_null(pc.cast(arr, pa.int8()), -1).to_numpy(zero_copy_only=False)
-            self.values[at:end] = v
+            self.values[where] = v
         else:
             assert self.null is not None
             target = pa.int32() if self.kind == "date" else pa.int64()
-            self.null[at:end] = arr.is_null().to_numpy(zero_copy_only=False)
-            self.values[at:end] = pc.fill_null(pc.cast(arr, target), 0).to_numpy(
-                zero_copy_only=False
-            )
+            self.null[where] = arr.is_null().to_numpy(zero_copy_only=False)
+            v = pc.fill_null(pc.cast(arr, target), 0).to_numpy(zero_copy_only=False)
+            if self.growing and self.kind == "int" and len(v):
+                # Widened only as far as the values seen need (NULLs, as 0, never
+                # widen): the type `scan` picks from the whole column's min and max.
+                wide = np.promote_types(_narrowest(int(v.min()), int(v.max())), self.values.dtype)
+                if wide != self.values.dtype:
+                    self.values = self.values.astype(wide)
+            self.values[where] = v
+
+    def close(self, n: int) -> None:
+        """A growing column trimmed to `n` rows; a date column outside numpy's checked
+        range left out, as `scan` leaves it out from DuckDB's min and max."""
+        if not self.growing or not self.ok:
+            return
+        values = trim(self.values, n)
+        assert values is not None
+        self.values, self.null = values, trim(self.null, n)
+        if self.kind != "date" or self.null is None:
+            return
+        valid = ~self.null
+        if not valid.any():
+            return
+        # min and max over the non-NULL rows, without copying them out.
+        lo = int(np.min(self.values, where=valid, initial=np.iinfo(np.int32).max))
+        hi = int(np.max(self.values, where=valid, initial=np.iinfo(np.int32).min))
+        del valid
+        if lo < _MIN_DAY or hi > _MAX_DAY:
+            self.ok = False
+            self.values, self.null = np.empty(0, dtype=np.int32), None
 
     def finish(self, order: npt.NDArray[np.int32]) -> Column | None:
         if not self.ok:
@@ -170,6 +207,20 @@ class _Encoder:
         self.null = None
         words = tuple(sorted(self.codes, key=self.codes.__getitem__))
         return Column(self.kind, values, null, words)
+
+
+def grow(a: Array, need: int) -> Array:
+    """`a` with room for at least `need` rows (half as much again, at least)."""
+    out = np.empty(max(need, len(a) + len(a) // 2, 1 << 16), dtype=a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+def trim(a: Array | None, n: int) -> Array | None:
+    """The first `n` rows of `a`, without keeping a larger buffer alive."""
+    if a is None or len(a) == n:
+        return a
+    return a[:n].copy()
 
 
 def _narrowest(lo: int, hi: int) -> type[np.signedinteger[Any]]:
@@ -211,6 +262,32 @@ class Scan:
     encoders: list[_Encoder]
 
 
+def framed_columns(src: schemas.Source, types: dict[str, str]) -> list[tuple[str, Kind]]:
+    """The source's columns a frame holds (by their DuckDB types), unit aside."""
+    return [
+        (c.name, _KINDS[types[c.name]])
+        for c in src.columns
+        if c.name != src.unit and types.get(c.name, "") in _KINDS
+    ]
+
+
+def select_sql(src: schemas.Source, opt: str | None, encoders: list[_Encoder]) -> str:
+    """The scan: unit hashes, the compiler's keyed rank (parameters: the order words),
+    the opt-out flag, then the encoders' columns. Each output depends only on its own
+    row, so scanning a table batch by batch gives the rows a whole scan gives."""
+    cols = "".join(f", {_q(e.name)}" for e in encoders)
+    out_sql = f", coalesce({_q(opt)}, TRUE) AS _oo" if opt is not None else ""
+    # _hu groups the units; _h2 (a second hash of the unit) tells two units whose
+    # _hu collide apart; _r is the compiler's keyed rank, bound the same way.
+    return (
+        f"WITH src AS ({src.sql}) SELECT hash(_u) AS _hu, "
+        f"hash(CAST(_u AS VARCHAR) || '/') AS _h2, _r{out_sql}{cols} "
+        f"FROM (SELECT {_q(src.unit)} AS _u, "
+        "hash(xor(hash(xor(hash(src), ?::UBIGINT)), ?::UBIGINT)) AS _r, * FROM src) "
+        "WHERE _u IS NOT NULL"
+    )
+
+
 def scan(con: duckdb.DuckDBPyConnection, dataset: str, source: str, order_key: bytes) -> Scan:
     """One streaming DuckDB scan of the source, with the compiler's keyed rank."""
     ds = schemas.dataset(dataset)
@@ -221,11 +298,7 @@ def scan(con: duckdb.DuckDBPyConnection, dataset: str, source: str, order_key: b
     try:
         described = cur.execute(f"DESCRIBE WITH src AS ({src.sql}) SELECT * FROM src")
         types = {str(row[0]): str(row[1]) for row in described.fetchall()}
-        framed = [
-            (c.name, _KINDS[types[c.name]])
-            for c in src.columns
-            if c.name != src.unit and types.get(c.name, "") in _KINDS
-        ]
+        framed = framed_columns(src, types)
         # The row count and each int or date column's range first: every array is
         # allocated once, at its narrowest type.
         ranged = [name for name, kind in framed if kind in ("int", "date")]
@@ -246,17 +319,7 @@ def scan(con: duckdb.DuckDBPyConnection, dataset: str, source: str, order_key: b
                 dtype = _narrowest(int(lo), int(hi)) if lo is not None else np.int8
             encoders.append(_Encoder(name, kind, n, dtype))
         opt = ds.opt_out_column
-        cols = "".join(f", {_q(e.name)}" for e in encoders)
-        out_sql = f", coalesce({_q(opt)}, TRUE) AS _oo" if opt is not None else ""
-        # _hu groups the units; _h2 (a second hash of the unit) tells two units whose
-        # _hu collide apart; _r is the compiler's keyed rank, bound the same way.
-        sql = (
-            f"WITH src AS ({src.sql}) SELECT hash(_u) AS _hu, "
-            f"hash(CAST(_u AS VARCHAR) || '/') AS _h2, _r{out_sql}{cols} "
-            f"FROM (SELECT {_q(src.unit)} AS _u, "
-            "hash(xor(hash(xor(hash(src), ?::UBIGINT)), ?::UBIGINT)) AS _r, * FROM src) "
-            "WHERE _u IS NOT NULL"
-        )
+        sql = select_sql(src, opt, encoders)
         reader = cur.sql(sql, params=[k1, k2]).to_arrow_reader(_BATCH_ROWS)
         hu = np.empty(n, dtype=np.uint64)
         h2 = np.empty(n, dtype=np.uint32)  # low bits suffice to tell a collision apart
@@ -285,79 +348,39 @@ def scan(con: duckdb.DuckDBPyConnection, dataset: str, source: str, order_key: b
 def finish(scanned: Scan) -> Frame | None:
     """Sort a scan into the frame (None: two units' hashes collide)."""
     n, oo, encoders = scanned.n, scanned.opted_out, scanned.encoders
-    sorted_ = _sort(scanned.keys)  # empties the list: each key goes as soon as it is used
+    sorted_ = sort_keys(scanned.keys)  # empties the list: each key goes once used
     if sorted_ is None:
         return None
     order, new_unit, r = sorted_
-    unit_of_row = (np.cumsum(new_unit, dtype=np.int32) - 1).astype(np.int32)
+    columns = [col for e in encoders if (col := e.finish(order)) is not None]
+    return assemble(n, new_unit, r, oo[order] if oo is not None else None, columns, encoders)
+
+
+def assemble(
+    n: int,
+    new_unit: npt.NDArray[np.bool_],
+    r: npt.NDArray[np.uint64] | Array,
+    oo: npt.NDArray[np.bool_] | None,
+    columns: list[Column],
+    encoders: list[_Encoder],
+    pairs: bool = False,
+) -> Frame:
+    """The frame from its rows in (unit, rank) order: `columns` are those of the
+    encoders still `ok`, in their order; `r` the ranks in that order, or (`pairs`)
+    their `tie_pairs`."""
+    unit_of_row = np.cumsum(new_unit, dtype=np.int32)
+    unit_of_row -= 1
     starts = np.flatnonzero(new_unit).astype(np.int32)
-    counts = np.diff(np.append(starts, n)).astype(np.int32)
-    columns = {}
-    for e in encoders:
-        col = e.finish(order)
-        if col is not None:
-            columns[e.name] = col
+    counts = np.empty(len(starts), dtype=np.int32)
+    if len(starts):
+        np.subtract(starts[1:], starts[:-1], out=counts[:-1])
+        counts[-1] = n - starts[-1]
     opted_out = None
     if oo is not None:
-        oo = oo[order]
         per_unit = np.bitwise_or.reduceat(oo, starts) if n else np.zeros(0, np.bool_)
         opted_out = per_unit[unit_of_row]
-    ties = count_ties(r, new_unit, list(columns.values()))
-    return Frame(n, unit_of_row, starts, counts, opted_out, columns, ties)
-
-
-def _sort(
-    keys: list[Array],
-) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.bool_], npt.NDArray[np.uint64]] | None:
-    """From [hash(unit), second hash(unit), rank] (emptied): the row order by (unit,
-    rank), where each unit's records start, and the ranks in that order; None when two
-    units' hashes collide. Two argsorts of one 64-bit key each (a lexsort of two keys
-    measured about twice as slow at 10^7 rows); arrays are dropped as soon as they are
-    used, to keep the peak low."""
-    hu = keys.pop(0)
-    n = len(hu)
-    by_unit = np.argsort(hu).astype(np.int32)
-    hs = hu[by_unit]
-    del hu
-    new_unit = np.empty(n, dtype=np.bool_)
-    if n:
-        new_unit[0] = True
-        np.not_equal(hs[1:], hs[:-1], out=new_unit[1:])
-    del hs
-    h2s = keys.pop(0)[by_unit]
-    if n and np.any(~new_unit[1:] & (h2s[1:] != h2s[:-1])):
-        return None  # two units share hash(unit): leave this source to the compiler
-    del h2s
-    unit = np.cumsum(new_unit, dtype=np.int32) - 1
-    ub = max(1, int(unit[-1]).bit_length()) if n else 1
-    rs = keys.pop(0)[by_unit]
-    # The unit in the high bits, the rank's top bits below: one key, one sort.
-    key = unit.astype(np.uint64)
-    key <<= np.uint64(64 - ub)
-    key |= rs >> np.uint64(ub)
-    within = np.argsort(key).astype(np.int32)
-    del key
-    r_sorted = rs[within]
-    if n and np.any(~new_unit[1:] & (r_sorted[1:] < r_sorted[:-1])):
-        # Two ranks of one unit agree in their top bits: sort on the full rank.
-        within = np.lexsort((rs, unit)).astype(np.int32)
-        r_sorted = rs[within]
-    del rs, unit
-    return by_unit[within], new_unit, r_sorted
-
-
-def count_ties(
-    r: npt.NDArray[np.uint64], new_unit: npt.NDArray[np.bool_], columns: list[Column]
-) -> int:
-    """Pairs of one unit's records, adjacent in rank order, with equal (rank >> 14) but
-    different content: the compiler orders those by cell, the frame cannot."""
-    same = ~new_unit[1:] & ((r[1:] >> _CELL_BITS) == (r[:-1] >> _CELL_BITS))
-    pairs = np.flatnonzero(same)
-    if not len(pairs):
-        return 0
-    differ = np.zeros(len(pairs), dtype=np.bool_)
-    for col in columns:
-        differ |= col.values[pairs] != col.values[pairs + 1]
-        if col.null is not None:
-            differ |= col.null[pairs] != col.null[pairs + 1]
-    return int(differ.sum())
+    ties = count_differing(r, columns) if pairs else count_ties(r, new_unit, columns)
+    names = [e.name for e in encoders if e.ok]
+    return Frame(
+        n, unit_of_row, starts, counts, opted_out, dict(zip(names, columns, strict=True)), ties
+    )

@@ -60,3 +60,41 @@ def test_a_closed_catalog_builds_no_frames(catalog: DatasetCatalog) -> None:
     catalog.close()
     with pytest.raises(RuntimeError, match="closed"):
         catalog.frame(v, "incidents", KEY_A)
+
+
+def test_warm_up_builds_the_frames_the_first_query_uses(tmp_path: Path) -> None:
+    publish_version(tmp_path / "data", 4)
+    with DatasetCatalog(tmp_path / "data") as catalog:
+        catalog.warm(["police"], KEY_A, every=None)
+        v = catalog.latest("police")
+        assert v is not None
+        # A query arriving during the build waits for it: one build either way.
+        frame = catalog.frame(v, "incidents", KEY_A)
+        assert catalog.wait_warm(timeout=60) and not catalog.warming
+        assert frame is not None and frame.n == 4
+        assert catalog.built == 1 and catalog.streamed == 1
+        assert catalog.frame(v, "incidents", KEY_A) is frame
+
+
+def test_warm_up_builds_a_newer_versions_frames(tmp_path: Path) -> None:
+    publish_version(tmp_path / "data", 2)
+    with DatasetCatalog(tmp_path / "data") as catalog:
+        thread = catalog.warm(["police", "health"], KEY_A, every=None)
+        thread.join(timeout=60)
+        assert not thread.is_alive() and catalog.built == 1
+        publish_version(tmp_path / "data", 5)
+        thread = catalog.warm(["police"], KEY_A, every=None)  # as the periodic pass does
+        thread.join(timeout=60)
+        v = catalog.latest("police")
+        assert v is not None and v.version == 2 and catalog.built == 2
+        frame = catalog.frame(v, "incidents", KEY_A)
+        assert frame is not None and frame.n == 5 and catalog.built == 2
+
+
+def test_a_closed_catalog_stops_warming(tmp_path: Path) -> None:
+    publish_version(tmp_path / "data", 2)
+    catalog = DatasetCatalog(tmp_path / "data")
+    catalog.close()
+    thread = catalog.warm(["police"], KEY_A)
+    thread.join(timeout=60)
+    assert not thread.is_alive() and catalog.built == 0

@@ -26,6 +26,7 @@ from tessera import schemas
 from tessera.node import compiler, engine
 from tessera.node.engine import bound, codes, execute
 from tessera.node.engine import frame as frames
+from tessera.node.engine import order as ordering
 from tessera.templates import bind, load_toml
 from tessera.templates.model import DateRef, ParamValue, Template, TemplateError
 from tessera.templates.parse import parse, to_dict
@@ -518,7 +519,7 @@ def test_sort_orders_each_unit_by_its_full_rank() -> None:
     hu = np.array([7, 7, 3, 7], dtype=np.uint64)
     h2 = np.zeros(4, dtype=np.uint32)
     r = np.array([5, 4, 9, 2**63], dtype=np.uint64)
-    got = frames._sort([hu, h2, r])
+    got = ordering.sort_keys([hu, h2, r])
     assert got is not None
     order, new_unit, ranks = got
     assert order.tolist() == [2, 1, 0, 3]
@@ -528,4 +529,6 @@ def test_sort_orders_each_unit_by_its_full_rank() -> None:
 
 def test_sort_declines_units_whose_hashes_collide() -> None:
     hu = np.array([7, 7], dtype=np.uint64)
-    assert frames._sort([hu, np.array([1, 2], dtype=np.uint32), np.zeros(2, np.uint64)]) is None
+    assert (
+        ordering.sort_keys([hu, np.array([1, 2], dtype=np.uint32), np.zeros(2, np.uint64)]) is None
+    )
