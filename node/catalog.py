@@ -88,6 +88,7 @@ class DatasetCatalog:
         self.streamed = 0
         self._stop = threading.Event()
         self._warmed = threading.Event()
+        self._warm_thread: threading.Thread | None = None
 
     def datasets(self) -> list[str]:
         """Names of datasets with at least one published version."""
@@ -222,6 +223,7 @@ class DatasetCatalog:
             target=self._warm, args=(names, order_key, every), name="frames-warm", daemon=True
         )
         thread.start()
+        self._warm_thread = thread
         return thread
 
     def wait_warm(self, timeout: float | None = None) -> bool:
@@ -259,8 +261,18 @@ class DatasetCatalog:
             connections = list(self._connections.values())
             self._connections.clear()
             self._frames.clear()
+        warm = self._warm_thread
+        if warm is not None and warm is not threading.current_thread():
+            # A warm-up scan may be running on one of these connections: stop it first
+            # (DuckDB refuses to close a connection that is busy with another call).
+            for con in connections:
+                con.interrupt()
+            warm.join(timeout=60)
         for con in connections:
-            con.close()
+            try:
+                con.close()
+            except duckdb.Error:  # still busy: its memory goes with its last user
+                log.warning("a dataset connection was busy at close")
 
     def __enter__(self) -> DatasetCatalog:
         return self
