@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 
 from tessera import schemas
 from tessera.node.compiler import order_words
+from tessera.node.engine import memory
 from tessera.node.engine.order import count_differing, count_ties, sort_keys
 
 # More distinct values than this and a text column is an identifier, not a code.
@@ -352,8 +353,13 @@ def finish(scanned: Scan) -> Frame | None:
     if sorted_ is None:
         return None
     order, new_unit, r = sorted_
+    del sorted_
     columns = [col for e in encoders if (col := e.finish(order)) is not None]
-    return assemble(n, new_unit, r, oo[order] if oo is not None else None, columns, encoders)
+    oo_sorted = oo[order] if oo is not None else None
+    del order, oo
+    built = assemble(n, new_unit, r, oo_sorted, columns, encoders)
+    memory.release()
+    return built
 
 
 def assemble(
@@ -370,7 +376,11 @@ def assemble(
     their `tie_pairs`."""
     unit_of_row = np.cumsum(new_unit, dtype=np.int32)
     unit_of_row -= 1
-    starts = np.flatnonzero(new_unit).astype(np.int32)
+    # In chunks: flatnonzero's whole-column int64 result would be the assembly's peak.
+    step = 1 << 20
+    parts = [np.flatnonzero(new_unit[a : a + step]).astype(np.int32) + a for a in range(0, n, step)]
+    starts = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
+    del parts
     counts = np.empty(len(starts), dtype=np.int32)
     if len(starts):
         np.subtract(starts[1:], starts[:-1], out=counts[:-1])

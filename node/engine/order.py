@@ -29,15 +29,15 @@ def sort_keys(
     used, to keep the peak low."""
     hu = keys.pop(0)
     n = len(hu)
-    by_unit = np.argsort(hu).astype(np.int32)
+    by_unit64 = np.argsort(hu)
     hu.sort()  # in place: hu[by_unit] without a second 64-bit array
-    hs = hu
-    del hu
     new_unit = np.empty(n, dtype=np.bool_)
     if n:
         new_unit[0] = True
-        np.not_equal(hs[1:], hs[:-1], out=new_unit[1:])
-    del hs
+        np.not_equal(hu[1:], hu[:-1], out=new_unit[1:])
+    del hu  # before the int32 copy of the order: the two int64 arrays are the peak
+    by_unit = by_unit64.astype(np.int32)
+    del by_unit64
     h2s = keys.pop(0)[by_unit]
     if n and np.any(~new_unit[1:] & (h2s[1:] != h2s[:-1])):
         return None  # two units share hash(unit): leave this source to the compiler
@@ -50,8 +50,10 @@ def sort_keys(
     del unit  # the argsort below is the peak: hold no more than it needs
     key <<= np.uint64(64 - ub)
     key |= rs >> np.uint64(ub)
-    within = np.argsort(key).astype(np.int32)
-    del key
+    within64 = np.argsort(key)
+    del key  # before the int32 copy, as above
+    within = within64.astype(np.int32)
+    del within64
     r_sorted = rs[within]
     if n and np.any(~new_unit[1:] & (r_sorted[1:] < r_sorted[:-1])):
         # Two ranks of one unit agree in their top bits: sort on the full rank.

@@ -10,9 +10,10 @@ unit hashes and the compiler's keyed rank depend only on the row (the rank hashe
 the row's struct), so per batch they are what one whole scan gives. Only one batch of
 plaintext is in DuckDB at a time. Joined sources keep `frame.scan`.
 
-Measured at 10^7 rows (bench data, in-process, VmHWM): 897 MiB through the DuckDB
-copy, 580 MiB streamed; the build takes about 11 s against 7 s (two passes, each
-decrypting the file; paid in the background at start, catalog.warm).
+Measured at 10^7 rows (bench data, fresh process, VmHWM): 897 MiB through the DuckDB
+copy, 455 MiB streamed (the peak is order.sort_keys: its keys and one int64 argsort);
+the build takes about 10 s against 7 s (two passes, each decrypting the file; paid in
+the background at start, catalog.warm).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from tessera import schemas
 from tessera.node import storage
 from tessera.node.compiler import order_words
 from tessera.node.engine import frame as frames
+from tessera.node.engine import memory
 from tessera.node.engine import order as ordering
 from tessera.node.vault import DataKey
 
@@ -80,6 +82,7 @@ def build_sealed(
     if sorted_ is None:
         return None
     order, new_unit, r_sorted = sorted_
+    del sorted_  # else the tuple keeps the order and ranks alive through the second pass
     # The ranks are needed only for the ties: keep their few candidate pairs instead.
     pairs = ordering.tie_pairs(r_sorted, new_unit)
     del r_sorted
@@ -100,10 +103,9 @@ def build_sealed(
         end = at + out.num_rows
         if end > n:
             raise RuntimeError("a sealed version read differently twice")
-        pos = place[at:end]
         again = (again + _digest(out.column(2).to_numpy(zero_copy_only=False), at)) & _MASK
         for j, e in enumerate(encoders):
-            e.add(out.column(base + j), at, pos)
+            e.add(out.column(base + j), at, place[at:end])  # no named view to outlive place
         at = end
     # The same rows in the same order as the first pass, or no frame from this.
     if at != n or again != check:
@@ -116,7 +118,9 @@ def build_sealed(
         for e in encoders
         if e.ok
     ]
-    return frames.assemble(n, new_unit, pairs, oo_sorted, columns, encoders, pairs=True)
+    built = frames.assemble(n, new_unit, pairs, oo_sorted, columns, encoders, pairs=True)
+    memory.release()
+    return built
 
 
 class _Batches:
