@@ -27,18 +27,22 @@ OUT = np.int32(-(1 << 20))
 def first_per_unit(frame: Frame, cell: Cells, cap: int) -> None:
     """Keep each unit's first `cap` counting rows in keyed order: the others' cells are
     set negative. Units with at most `cap` records keep every row, so only the rows of
-    the others are looked at, in chunks of whole units (a chunk's arrays stay in cache)."""
+    the others are looked at, in chunks of whole units (a chunk's arrays stay in cache),
+    and of those only the rows `cap` or more into their unit can be over the cap."""
     big = frame.cached(("big", cap), lambda: _big_rows(frame, cap))
     if big is None:
         return
-    rows, starts, seg, chunks = big
-    for ra, rb, sa, sb in chunks:
-        sub = cell[rows[ra:rb]] >= 0
-        cs = np.cumsum(sub, dtype=np.int32)
-        first = starts[sa:sb] - ra
-        before = cs[first] - sub[first]  # counting rows of this chunk's earlier units
-        over = sub & (cs - before[seg[ra:rb] - sa] > cap)
-        cell[rows[ra:rb][over]] = OUT
+    rows, late, first, chunks = big
+    # cs[i]: counting rows among the chunk's first i rows.
+    cs = np.zeros(max(rb - ra for ra, rb, _, _ in chunks) + 1, dtype=np.int32)
+    for ra, rb, la, lb in chunks:
+        where = rows[ra:rb]
+        sub = np.take(cell, where) >= 0
+        np.cumsum(sub, dtype=np.int32, out=cs[1 : rb - ra + 1])
+        lt = late[la:lb]
+        # Counting rows of its unit before a late row: cs[row] - cs[unit's first row].
+        over = sub[lt] & (np.take(cs, lt) - np.take(cs, first[la:lb]) >= cap)
+        cell[where[lt[over]]] = OUT
 
 
 # Rows of big units per chunk of first_per_unit (whole units: a chunk may run over).
@@ -48,9 +52,9 @@ _CHUNK_ROWS = 1 << 16
 def _big_rows(
     frame: Frame, cap: int
 ) -> tuple[Rows, Rows, Rows, list[tuple[int, int, int, int]]] | None:
-    """The rows of units with more than `cap` records, where each such unit starts
-    among them, which of them each row belongs to, and chunks of whole units as
-    (first row, end row, first unit, end unit)."""
+    """The rows of units with more than `cap` records; those `cap` or more into their
+    unit ("late") and where each one's unit starts, both as indices within their chunk;
+    and chunks of whole units as (first row, end row, first late row, end late row)."""
     big_units = np.flatnonzero(frame.counts > cap)
     if not len(big_units):
         return None
@@ -59,7 +63,10 @@ def _big_rows(
     offsets = frame.starts[big_units].astype(np.int64) - starts
     total = int(sizes.sum())
     rows = np.repeat(offsets, sizes) + np.arange(total)
-    seg = np.repeat(np.arange(len(big_units)), sizes)
+    unit_start = np.repeat(starts, sizes)
+    late = np.flatnonzero(np.arange(total) - unit_start >= cap)
+    first = unit_start[late]
+    del unit_start
     cuts = np.searchsorted(starts, np.arange(0, total, _CHUNK_ROWS), side="left")
     unit_cuts = sorted({*cuts.tolist(), len(big_units)})
     if unit_cuts[0] != 0:
@@ -68,8 +75,12 @@ def _big_rows(
     for sa, sb in itertools.pairwise(unit_cuts):
         ra = int(starts[sa])
         rb = int(starts[sb]) if sb < len(starts) else total
-        chunks.append((ra, rb, sa, sb))
-    return rows.astype(np.int32), starts.astype(np.int32), seg.astype(np.int32), chunks
+        la, lb = (int(i) for i in np.searchsorted(late, [ra, rb]))
+        chunks.append((ra, rb, la, lb))
+    for ra, _, la, lb in chunks:  # late is searched above: made chunk-local only now
+        late[la:lb] -= ra
+        first[la:lb] -= ra
+    return rows.astype(np.int32), late.astype(np.int32), first.astype(np.int32), chunks
 
 
 def count_units(

@@ -7,7 +7,8 @@ int32 *part* per row, mostly one lookup table gathered over a column's small cod
 a dimension's part is its index times its stride, exactly as the compiler's CASE; a
 filter's is 0 where the row passes. A row outside the domain or failing a filter gets
 a large negative part, so the parts' sum is the row's cell, or negative when the row
-does not count (one add per part, no masks). Then the per-unit bound on the frame's
+does not count (codes.py fuses small tables into one gather and tests a filter that
+passes one run of codes as a range). Then the per-unit bound on the frame's
 (unit, keyed rank) order (bound.py), and np.bincount into the cells. Ages are completed years as
 DuckDB's date_sub('year', ...) computes them.
 """
@@ -67,14 +68,16 @@ def run(
     if frame.ties:
         return None
     try:
-        return _run(frame, template, values, exclude_opted_out)
+        with codes.cells(frame) as cell:
+            return _run(frame, template, values, exclude_opted_out, cell)
     except Unsupported:
         return None
 
 
 def _run(
-    frame: Frame, t: Template, values: dict[str, ParamValue], exclude: bool
+    frame: Frame, t: Template, values: dict[str, ParamValue], exclude: bool, cell: Part
 ) -> dict[str, IntVector]:
+    """The vectors, with `cell` (one int32 per row) as scratch: nothing returned views it."""
     stat = t.statistic
     if t.overlap is not None or stat.kind not in _KINDS:
         raise Unsupported(stat.kind.value)
@@ -89,15 +92,13 @@ def _run(
         _part(frame, d, s, values) for d, s in zip(t.group_by, reversed(strides), strict=True)
     ]
     if exclude and frame.opted_out is not None:
-        opted_out = frame.opted_out
-        parts.append(frame.cached("opted_out", lambda: _fails(opted_out)))
+        parts.append(codes.flag(frame.opted_out, ("flag", "opted_out")))
     col: Column | None = None
     if stat.kind in (StatisticKind.SUM, StatisticKind.MEAN):
         col = _col(frame, stat.column, "int")
-        null = col.null
-        assert null is not None
-        parts.append(frame.cached(("null", stat.column), lambda: _fails(null)))
-    cell = codes.sum_parts(parts, frame.n)
+        assert col.null is not None
+        parts.append(codes.flag(col.null, ("flag", "null", stat.column)))
+    codes.sum_parts(codes.fuse(frame, parts), frame.n, cell)
     if stat.kind is StatisticKind.COUNT_UNITS:
         by_date = None
         if stat.choose is not None:
