@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import duckdb
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from tessera import schemas
@@ -50,7 +50,7 @@ from tessera.templates.model import (
     StatisticKind,
     Template,
 )
-from tessera.templates.parse import parse, to_dict
+from tessera.templates.parse import TemplateError, parse, to_dict
 
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO / "examples" / "templates"
@@ -531,7 +531,12 @@ def test_compiler_matches_reference(
     spec: tuple[dict[str, Any], dict[str, Any]], rows: list[Ed], order_key: bytes
 ) -> None:
     d, raw_values = spec
-    template = parse(d)
+    try:
+        template = parse(d)
+    except TemplateError as e:
+        # A domain over the cell limit is refused at parse (tested elsewhere): skip it.
+        assume(e.field != "group_by" or "cells" not in e.message)
+        raise
     assert to_dict(template) == d  # the generated dicts are exactly the canonical form
     values = bind(template, raw_values)
     got, back = run_health(template, values, rows, order_key)
