@@ -182,26 +182,35 @@ class Ledger:
     def join_secagg_session(self, session_id: str) -> bool:
         """Record, durably, that this node joined a secure-aggregation session; False if
         it ever joined that id before (even before a restart): a session is joined once,
-        so no noisy vector is ever masked twice."""
+        so no noisy vector is ever masked twice.
+
+        Committed with synchronous=NORMAL (safe against a process crash): nothing of
+        the session's data leaves before its share's commit, which is fsynced and so
+        makes this row durable too; and that commit is keyed by the session id, so
+        even a row lost to a power failure could not let a second share out."""
         with self._lock:
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS secagg_sessions "
                 "(session_id TEXT PRIMARY KEY, joined TEXT NOT NULL)"
             )
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                self._conn.execute(
-                    "INSERT INTO secagg_sessions VALUES (?, ?)",
-                    (session_id, isoformat(self._clock.now())),
-                )
-                self._conn.commit()
-            except sqlite3.IntegrityError:
-                self._conn.rollback()
-                return False
-            except BaseException:
-                if self._conn.in_transaction:
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._conn.execute(
+                        "INSERT INTO secagg_sessions VALUES (?, ?)",
+                        (session_id, isoformat(self._clock.now())),
+                    )
+                    self._conn.commit()
+                except sqlite3.IntegrityError:
                     self._conn.rollback()
-                raise
+                    return False
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.rollback()
+                    raise
+            finally:
+                self._conn.execute("PRAGMA synchronous=FULL")
         return True
 
     # -- the one write path for answers --------------------------------------------
@@ -440,6 +449,6 @@ class Ledger:
             raise RuntimeError("a recorded request points at a missing answer")
         return self._sealer.open_payload(answer_key, row[0])
 
-    def audit(self, body: dict[str, Any]) -> AuditRecord:
-        """Append an entry on its own (refusals)."""
-        return self.audit_log.append(body)
+    def audit(self, body: dict[str, Any], *, durable: bool = True) -> AuditRecord:
+        """Append an entry on its own (refusals; `durable=False`: see AuditLog.append)."""
+        return self.audit_log.append(body, durable=durable)

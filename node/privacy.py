@@ -292,6 +292,15 @@ def secagg_noise_share(
     rho: float, l2: float, threshold: int, cells: int, l1: float | None = None
 ) -> NoiseShare:
     """The smallest per-node scale (to bisection precision) whose t-node sum meets `rho`."""
+    return _secagg_noise_share(float(rho), float(l2), threshold, cells, l1)
+
+
+@lru_cache(maxsize=1024)
+def _secagg_noise_share(
+    rho: float, l2: float, threshold: int, cells: int, l1: float | None
+) -> NoiseShare:
+    # Pure in its inputs, and its bisection costs ~50 ms of OpenDP maps: a node would
+    # otherwise pay that at every session's join.
     if threshold < 2 or cells < 1:
         raise CalibrationError("secure aggregation needs a threshold of at least 2")
     central_scale, _ = _calibrate("rho", float(l2), float(l2), float(rho))

@@ -8,12 +8,13 @@ threshold = the template's, and every member's identity key = the one the federa
 roster gives for its organisation), and records the session id durably in its ledger, so
 no session is ever joined twice, not even after a restart.
 
-Only at the masked-input stage does it read data: it compiles and runs the query,
-calibrates its noise share (privacy.secagg_noise_share: the sum of at least t shares
-meets the template's ρ), pays that ρ through the ledger's one commit path (keyed by
-the session id: a retry or another audience is a new session, with fresh noise and
-a fresh charge), draws the share with OpenDP, and only then lets the masked vector
-go. Every step is audited; a refusal costs nothing unless the spend was already paid.
+Once the session is authorised and joined it starts, in the background, to run the
+query and draw its noise share with OpenDP (privacy.secagg_noise_share: the sum of at
+least t shares meets the template's ρ), so the masked-input stage need not wait for
+either; nothing derived from that vector leaves the node before that stage pays the
+ρ through the ledger's one commit path (keyed by the session id: a retry or another
+audience is a new session, with fresh noise and a fresh charge). Every step is
+audited; a refusal costs nothing unless the spend was already paid.
 
 The other nodes' identity keys come from the federation roster named by the node's
 `[secure_aggregation] roster`, signed by k of the node's own trusted approvers and
@@ -28,6 +29,7 @@ import re
 import secrets
 import sqlite3
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,7 @@ from tessera import answers, approvals, canonical, requests, roster, schemas, st
 from tessera.errors import Refusal
 from tessera.node import compiler, engine, privacy
 from tessera.node.authorize import Authorized, authorize
+from tessera.node.catalog import DatasetVersion
 from tessera.node.config import NodeConfig
 from tessera.node.ledger import NewRelease, RequestRecord
 from tessera.node.service import NodeService
@@ -94,6 +97,8 @@ class _Pending:
     shares: list[tuple[privacy.Calibration, privacy.NoiseShare]]
     rho: float
     cells: int
+    # The dataset version read and this node's noisy vector, computed after the join.
+    vector: Future[tuple[DatasetVersion, IntVector]] | None = None
     statement: answers.SignedStatement | None = None
 
 
@@ -120,6 +125,8 @@ class SecAggNode:
         self._pending: dict[str, _Pending] = {}
         self._by_context: dict[bytes, str] = {}
         self._lock = threading.Lock()
+        # Noisy vectors are drawn here, between the join and the masked-input stage.
+        self._workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="secagg-vector")
         self.sessions = NodeSessions(service.key, self._vector_for)
         # Verified once at start (node/main.py checks it first, naming the config key).
         self.roster = load_roster(service.cfg)
@@ -182,7 +189,11 @@ class SecAggNode:
             # A fault of ours: audited by its type only (its text may carry values).
             self._audit(identity, session, "INTERNAL", f"internal error ({type(e).__name__})")
             raise
-        self._audit(identity, session, "OK", f"secure aggregation stage {stage}", stage=stage)
+        # A stage that went through pays nothing here (the share is paid, fsynced, in the
+        # ledger's commit): its entry need not be fsynced on its own (AuditLog.append).
+        self._audit(
+            identity, session, "OK", f"secure aggregation stage {stage}", stage=stage, durable=False
+        )
         return out
 
     def _join(
@@ -273,12 +284,13 @@ class SecAggNode:
         self._by_context = {c: sid for c, sid in self._by_context.items() if sid in live}
         if not self.service.ledger.join_secagg_session(s.session_id):
             raise Refusal("ALREADY_EXISTS", "this node has already joined a session with that id")
-        self._pending[s.session_id] = _Pending(auth, signed, identity, shares, rho, cells)
+        pending = _Pending(auth, signed, identity, shares, rho, cells)
+        # Authorised and joined: the data may be read now. The vector stays on the node
+        # until the masked-input stage has paid for it (_vector_for).
+        pending.vector = self._workers.submit(self._noisy_vector, pending)
+        self._pending[s.session_id] = pending
 
-    def _vector_for(self, session: pb.SecAggSession) -> IntVector:
-        p = self._pending.get(session.session_id)
-        if p is None:
-            raise Refused("this node holds no authorisation for that session")
+    def _noisy_vector(self, p: _Pending) -> tuple[DatasetVersion, IntVector]:
         svc, auth = self.service, p.auth
         t = auth.template
         version = svc.catalog.latest(t.dataset)
@@ -294,7 +306,15 @@ class SecAggNode:
             parts = [exact[c.name] for c, _ in p.shares]
         else:
             parts = [privacy.add_noise_share(share, exact[c.name]) for c, share in p.shares]
-        vector = np.concatenate(parts).astype(np.int64)
+        return version, np.concatenate(parts).astype(np.int64)
+
+    def _vector_for(self, session: pb.SecAggSession) -> IntVector:
+        p = self._pending.get(session.session_id)
+        if p is None or p.vector is None:
+            raise Refused("this node holds no authorisation for that session")
+        svc, auth = self.service, p.auth
+        t = auth.template
+        version, vector = p.vector.result()  # re-raises what the query raised
         rho = p.rho  # paid in full even with the noise off
         params_json = params_mod.to_json(auth.params)
         answer_key = canonical.sha256_hex(
@@ -367,6 +387,7 @@ class SecAggNode:
         message: str,
         *,
         stage: str = "",
+        durable: bool = True,
     ) -> None:
         p = self._pending.get(session)
         body: dict[str, Any] = self.service._audit_body(
@@ -374,6 +395,6 @@ class SecAggNode:
         )
         body.update(method="ProtocolRound", session_id=session[:300], stage=stage)
         try:
-            self.service.ledger.audit(body)
+            self.service.ledger.audit(body, durable=durable)
         except Exception as e:  # best effort, as for Execute's refusals
             log.error("audit write failed (%s)", type(e).__name__)

@@ -23,7 +23,8 @@ hash, was truncated.
 
 Durability: WAL journal with `synchronous=FULL`, each append one transaction, so a
 `kill -9` or power loss loses at most an entry whose commit had not returned, never
-half of one.
+half of one (an entry appended with `durable=False` may be lost to a power loss until
+the next fsynced commit; see AuditLog.append).
 
 Neither log holds record-level data: callers put only who/what/mode/cost/outcome in.
 """
@@ -269,20 +270,34 @@ class AuditLog:
             }
         )
 
-    def append(self, body: dict[str, Any]) -> AuditRecord:
+    def append(self, body: dict[str, Any], *, durable: bool = True) -> AuditRecord:
         """Commit one entry, then write the head. Thread-safe.
+
+        `durable=False` is for an entry that records a step paying nothing: it commits
+        with synchronous=NORMAL and a head written but not fsynced, as the ledger's free
+        answers do: safe against a process crash, only a power failure could lose it,
+        and the next fsynced commit makes it durable.
 
         If the head write fails (OSError), the entry is already committed: the error
         is raised so the caller knows truncation detection is lagging."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            if not durable:
+                self._conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                record = self._insert(body)
-                self._conn.commit()
-            except BaseException:
-                self._conn.rollback()
-                raise
-            self._write_head_locked()
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    record = self._insert(body)
+                    self._conn.commit()
+                except BaseException:
+                    self._conn.rollback()
+                    raise
+            finally:
+                if not durable:
+                    self._conn.execute("PRAGMA synchronous=FULL")
+            if durable:
+                self._write_head_locked()
+        if not durable:
+            self.ensure_head(record.seq)
         return record
 
     def append_tx(self, body: dict[str, Any]) -> AuditRecord:

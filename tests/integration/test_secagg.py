@@ -18,7 +18,7 @@ from grpc import aio
 from tessera import answers, requests, schemas, startup, templates
 from tessera.coordinator import secagg_run
 from tessera.keys import SigningKey
-from tessera.node import compiler, privacy
+from tessera.node import compiler, privacy, secagg_node
 from tessera.node import main as node_main
 from tessera.node.secagg_node import NO_ROSTER
 from tessera.templates.model import Mode, Template, measure_sensitivities
@@ -276,11 +276,20 @@ def _round_outcomes(region: region_lib.Region, org: str) -> list[dict[str, Any]]
 
 
 def test_a_coordinator_that_substitutes_a_node_key_is_refused(
-    region: region_lib.Region,
+    region: region_lib.Region, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The coordinator puts a key of its own in Wakefield's place in the session roster
     (to stand in the middle). The honest nodes check every member's key against the
-    federation roster their approvers signed, and refuse: nothing released or paid."""
+    federation roster their approvers signed, and refuse: nothing read, released or
+    paid (a node reads its data, in the background, only once it has joined)."""
+    reads: list[str] = []
+    answer = secagg_node.engine.answer
+
+    def counted(*a: Any, **kw: Any) -> Any:
+        reads.append("read")
+        return answer(*a, **kw)
+
+    monkeypatch.setattr(secagg_node.engine, "answer", counted)
     t = _template(region)
     st = fedlib.sign_template(t, region.fed.approvers[:2])
     mitm = SigningKey.generate().public.key_id
@@ -294,9 +303,11 @@ def test_a_coordinator_that_substitutes_a_node_key_is_refused(
     for o in region_lib.COUNCILS:
         assert _spent(region, o) == 0.0
         assert not region.nodes[o].service.ledger.release_log()
+    assert reads == []
     # The honest coordinator's session, with the roster's keys, then runs and pays.
     ok = asyncio.run(_run(region, st, _signed(region, st), t))
     assert not ok.aborted and ok.total is not None, ok.reasons
+    assert len(reads) == len(region_lib.COUNCILS)  # each node read its data once
 
 
 def test_a_node_without_a_federation_roster_refuses_secure_aggregation(

@@ -178,3 +178,20 @@ def test_any_history_composes_and_never_exceeds_the_cap(
             assert total <= cap * (1 + 1e-9)
         assert sorted(_rows(path)) == pytest.approx(sorted(paid))
         ledger.close()
+
+
+def test_a_secagg_session_is_joined_once_even_after_reopen(tmp_path: Path) -> None:
+    # The join row commits without its own fsync (the share's paid commit covers it):
+    # still once per id across a reopen, and the connection is back at synchronous=FULL.
+    path = tmp_path / "ledger.sqlite"
+    key = SigningKey.generate()
+    clock = FixedClock(datetime(2026, 1, 1, tzinfo=UTC))
+    ledger = Ledger(path, key, clock)
+    assert ledger.join_secagg_session("r1/secagg/1")
+    assert not ledger.join_secagg_session("r1/secagg/1")
+    assert ledger._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    ledger.close()
+    again = Ledger(path, key, clock)
+    assert not again.join_secagg_session("r1/secagg/1")
+    assert again.join_secagg_session("r1/secagg/2")
+    again.close()

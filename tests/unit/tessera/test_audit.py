@@ -152,6 +152,22 @@ def test_sqlite_settings(tmp_path: Path, key: SigningKey, clock: FixedClock) -> 
     ]
 
 
+def test_non_durable_append_is_chained_and_headed(
+    tmp_path: Path, key: SigningKey, clock: FixedClock
+) -> None:
+    # durable=False (a step that pays nothing): committed and covered by the signed head
+    # at once, and the connection is back at synchronous=FULL for the next entry.
+    db = tmp_path / "audit.db"
+    with AuditLog.open(db, key, clock) as log:
+        log.append(body(0))
+        r = log.append(body(1), durable=False)
+        assert log._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+        head = json.loads((tmp_path / "audit.db.head").read_bytes())
+        assert (head["seq"], head["hash"]) == (2, r.hash)
+        log.append(body(2))
+    assert verify(db, key.public) == audit.VerifyResult(ok=True, entries=3, problems=[])
+
+
 @pytest.mark.parametrize(
     ("bad", "match"),
     [
