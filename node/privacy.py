@@ -69,14 +69,24 @@ class Calibration:
     loss: float
 
 
+@lru_cache(maxsize=1)
+def _vectors() -> Any:
+    return dp.vector_domain(dp.atom_domain(T="i64"))
+
+
 def _laplace(scale: float) -> Any:
-    space = dp.vector_domain(dp.atom_domain(T="i64")), dp.l1_distance(T="i64")
-    return dp.m.make_laplace(*space, scale=scale)
+    return dp.m.make_laplace(_vectors(), dp.l1_distance(T="i64"), scale=scale)
 
 
 def _gaussian(scale: float) -> Any:
-    space = dp.vector_domain(dp.atom_domain(T="i64")), dp.l2_distance(T="f64")
-    return dp.m.make_gaussian(*space, scale=scale)
+    return dp.m.make_gaussian(_vectors(), dp.l2_distance(T="f64"), scale=scale)
+
+
+@lru_cache(maxsize=256)
+def _mechanism(kind: str, scale: float) -> Any:
+    # A calibrated template's scale repeats at every answer: building the measurement
+    # costs more than drawing from it. (Not for the calibration search's many scales.)
+    return _laplace(scale) if kind == "epsilon" else _gaussian(scale)
 
 
 def _d_in(kind: str, s: Sensitivity) -> Any:
@@ -128,8 +138,8 @@ def total_loss(calibrations: list[Calibration]) -> Loss:
 
 
 def add_noise(calibration: Calibration, exact: IntVector) -> NoisyVector:
-    make = _laplace if calibration.kind == "epsilon" else _gaussian
-    noisy = np.asarray(make(calibration.scale)(exact.tolist()), dtype=np.int64)
+    mechanism = _mechanism(calibration.kind, calibration.scale)
+    noisy = np.asarray(mechanism(exact.tolist()), dtype=np.int64)
     return NoisyVector(
         name=calibration.name,
         values=noisy,
@@ -159,12 +169,15 @@ def noise_variance(kind: str, scale: float) -> float:
 # -- accounting: every figure in zCDP ρ, composed by OpenDP ----------------------------
 
 
+@lru_cache(maxsize=1)
+def _spent_space() -> tuple[Any, Any, Any]:
+    return dp.atom_domain(T=bool), dp.symmetric_distance(), dp.zero_concentrated_divergence()
+
+
 def _spent(rho: float) -> Any:
     """A measurement standing for a release already made, whose loss is `rho`."""
     return dp.m.make_user_measurement(
-        dp.atom_domain(T=bool),
-        dp.symmetric_distance(),
-        dp.zero_concentrated_divergence(),
+        *_spent_space(),
         function=lambda x: x,
         privacy_map=lambda d_in: rho,
     )

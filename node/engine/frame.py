@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 
 from tessera import schemas
 from tessera.node.compiler import order_words
-from tessera.node.engine import memory
+from tessera.node.engine import arrow, memory
 from tessera.node.engine.order import count_differing, count_ties, sort_keys
 
 # More distinct values than this and a text column is an identifier, not a code.
@@ -160,16 +160,16 @@ class _Encoder:
                 self.values = np.empty(0, dtype=np.int16)
                 self.null = None
                 return
-            idx = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False)
+            idx = arrow.filled(enc.indices, -1)
             self.values[where] = remap[idx]
         elif self.kind == "bool":
-            v = pc.fill_null(pc.cast(arr, pa.int8()), -1).to_numpy(zero_copy_only=False)
+            v = arrow.filled(pc.cast(arr, pa.int8()), -1)
             self.values[where] = v
         else:
             assert self.null is not None
             target = pa.int32() if self.kind == "date" else pa.int64()
-            self.null[where] = arr.is_null().to_numpy(zero_copy_only=False)
-            v = pc.fill_null(pc.cast(arr, target), 0).to_numpy(zero_copy_only=False)
+            self.null[where] = arrow.numpy_of(arr.is_null())
+            v = arrow.filled(pc.cast(arr, target), 0)
             if self.growing and self.kind == "int" and len(v):
                 # Widened only as far as the values seen need (NULLs, as 0, never
                 # widen): the type `scan` picks from the whole column's min and max.
@@ -330,11 +330,11 @@ def scan(con: duckdb.DuckDBPyConnection, dataset: str, source: str, order_key: b
         at = 0
         for batch in reader:
             end = at + batch.num_rows
-            hu[at:end] = batch.column(0).to_numpy(zero_copy_only=False)
-            h2[at:end] = batch.column(1).to_numpy(zero_copy_only=False)
-            r[at:end] = batch.column(2).to_numpy(zero_copy_only=False)
+            hu[at:end] = arrow.numpy_of(batch.column(0))
+            h2[at:end] = arrow.numpy_of(batch.column(1))
+            r[at:end] = arrow.numpy_of(batch.column(2))
             if oo is not None:
-                oo[at:end] = batch.column(3).to_numpy(zero_copy_only=False)
+                oo[at:end] = arrow.numpy_of(batch.column(3))
             for j, e in enumerate(encoders):
                 e.add(batch.column(base + j), at)
             at = end

@@ -30,8 +30,8 @@ import pyarrow as pa
 from tessera import schemas
 from tessera.node import storage
 from tessera.node.compiler import order_words
+from tessera.node.engine import arrow, memory
 from tessera.node.engine import frame as frames
-from tessera.node.engine import memory
 from tessera.node.engine import order as ordering
 from tessera.node.vault import DataKey
 
@@ -103,7 +103,7 @@ def build_sealed(
         end = at + out.num_rows
         if end > n:
             raise RuntimeError("a sealed version read differently twice")
-        again = (again + _digest(out.column(2).to_numpy(zero_copy_only=False), at)) & _MASK
+        again = (again + _digest(arrow.numpy_of(out.column(2)), at)) & _MASK
         for j, e in enumerate(encoders):
             e.add(out.column(base + j), at, place[at:end])  # no named view to outlive place
         at = end
@@ -178,12 +178,12 @@ def _first_pass(
         if end > len(hu):
             hu, h2, r = frames.grow(hu, end), frames.grow(h2, end), frames.grow(r, end)
             oo = frames.grow(oo, end) if oo is not None else None
-        hu[at:end] = out.column(0).to_numpy(zero_copy_only=False)
-        h2[at:end] = out.column(1).to_numpy(zero_copy_only=False)
-        r[at:end] = out.column(2).to_numpy(zero_copy_only=False)
+        hu[at:end] = arrow.numpy_of(out.column(0))
+        h2[at:end] = arrow.numpy_of(out.column(1))
+        r[at:end] = arrow.numpy_of(out.column(2))
         check = (check + _digest(r[at:end], at)) & _MASK
         if oo is not None:
-            oo[at:end] = out.column(3).to_numpy(zero_copy_only=False)
+            oo[at:end] = arrow.numpy_of(out.column(3))
         at = end
     if not batches.types:
         return None
