@@ -13,6 +13,7 @@ import itertools
 import numpy as np
 import numpy.typing as npt
 
+from tessera.node.engine import memory
 from tessera.node.engine.frame import Frame
 from tessera.templates.model import Choice
 
@@ -29,7 +30,7 @@ def first_per_unit(frame: Frame, cell: Cells, cap: int) -> None:
     set negative. Units with at most `cap` records keep every row, so only the rows of
     the others are looked at, in chunks of whole units (a chunk's arrays stay in cache),
     and of those only the rows `cap` or more into their unit can be over the cap."""
-    big = frame.cached(("big", cap), lambda: _big_rows(frame, cap))
+    big = frame.cached(("big", cap), lambda: memory.released(_big_rows(frame, cap)))
     if big is None:
         return
     rows, late, first, chunks = big
@@ -55,18 +56,29 @@ def _big_rows(
     """The rows of units with more than `cap` records; those `cap` or more into their
     unit ("late") and where each one's unit starts, both as indices within their chunk;
     and chunks of whole units as (first row, end row, first late row, end late row)."""
-    big_units = np.flatnonzero(frame.counts > cap)
+    counts = frame.counts
+    big_units = np.flatnonzero(counts > cap)
     if not len(big_units):
         return None
-    sizes = frame.counts[big_units].astype(np.int64)
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
-    offsets = frame.starts[big_units].astype(np.int64) - starts
-    total = int(sizes.sum())
-    rows = np.repeat(offsets, sizes) + np.arange(total)
-    unit_start = np.repeat(starts, sizes)
-    late = np.flatnonzero(np.arange(total) - unit_start >= cap)
-    first = unit_start[late]
-    del unit_start
+    sizes = counts[big_units]
+    del counts
+    # int32 throughout (a frame's rows are int32-indexed), and the late rows made from
+    # the units' sizes, not found among all their rows: this was a query's largest
+    # allocation at 10^7 rows.
+    ends = np.cumsum(sizes, dtype=np.int64)
+    total = int(ends[-1])
+    starts = (ends - sizes).astype(np.int32)
+    del ends
+    rows = np.arange(total, dtype=np.int32)
+    rows += np.repeat(frame.starts[big_units] - starts, sizes)
+    extra = sizes - np.int32(cap)  # each big unit's late rows
+    first = np.repeat(starts, extra)
+    late_ends = np.cumsum(extra, dtype=np.int64)
+    late = np.arange(int(late_ends[-1]), dtype=np.int32)
+    late -= np.repeat((late_ends - extra).astype(np.int32), extra)  # rank among them
+    del late_ends
+    late += first
+    late += np.int32(cap)
     cuts = np.searchsorted(starts, np.arange(0, total, _CHUNK_ROWS), side="left")
     unit_cuts = sorted({*cuts.tolist(), len(big_units)})
     if unit_cuts[0] != 0:
@@ -80,7 +92,7 @@ def _big_rows(
     for ra, _, la, lb in chunks:  # late is searched above: made chunk-local only now
         late[la:lb] -= ra
         first[la:lb] -= ra
-    return rows.astype(np.int32), late.astype(np.int32), first.astype(np.int32), chunks
+    return rows, late, first, chunks
 
 
 def count_units(

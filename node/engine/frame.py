@@ -56,7 +56,7 @@ Array = npt.NDArray[Any]
 @dataclass(frozen=True)
 class Column:
     kind: Kind
-    values: Array  # codes int16 (-1 NULL) | int64 | int32 days | int8 (-1 NULL)
+    values: Array  # codes int8/int16 (-1 NULL) | int64 | int32 days | int8 (-1 NULL)
     null: npt.NDArray[np.bool_] | None = None  # int and date columns
     dictionary: tuple[str, ...] = ()  # code columns: the string of each code
 
@@ -76,7 +76,6 @@ class Frame:
     n: int
     unit_of_row: npt.NDArray[np.int32]
     starts: npt.NDArray[np.int32]  # first row of each unit
-    counts: npt.NDArray[np.int32]  # records of each unit
     opted_out: npt.NDArray[np.bool_] | None  # per row: its unit has an opted-out record
     columns: dict[str, Column]
     ties: int
@@ -86,6 +85,15 @@ class Frame:
     @property
     def n_units(self) -> int:
         return len(self.starts)
+
+    @property
+    def counts(self) -> npt.NDArray[np.int32]:
+        """Records of each unit (made when asked: 4 bytes a unit not kept)."""
+        counts = np.empty(len(self.starts), dtype=np.int32)
+        if len(self.starts):
+            np.subtract(self.starts[1:], self.starts[:-1], out=counts[:-1])
+            counts[-1] = self.n - self.starts[-1]
+        return counts
 
     def cached(self, key: Any, make: Callable[[], Any]) -> Any:
         """A derived array, made once (frames are shared between threads)."""
@@ -186,6 +194,7 @@ class _Encoder:
         values = trim(self.values, n)
         assert values is not None
         self.values, self.null = values, trim(self.null, n)
+        self._narrow()
         if self.kind != "date" or self.null is None:
             return
         valid = ~self.null
@@ -199,9 +208,14 @@ class _Encoder:
             self.ok = False
             self.values, self.null = np.empty(0, dtype=np.int32), None
 
+    def _narrow(self) -> None:
+        if self.kind == "code" and len(self.codes) < 127 and self.values.dtype != np.int8:
+            self.values = self.values.astype(np.int8)  # half the bytes a row, same codes
+
     def finish(self, order: npt.NDArray[np.int32]) -> Column | None:
         if not self.ok:
             return None
+        self._narrow()
         values = self.values[order]
         del self.values
         null = self.null[order] if self.null is not None else None
@@ -381,16 +395,10 @@ def assemble(
     parts = [np.flatnonzero(new_unit[a : a + step]).astype(np.int32) + a for a in range(0, n, step)]
     starts = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int32)
     del parts
-    counts = np.empty(len(starts), dtype=np.int32)
-    if len(starts):
-        np.subtract(starts[1:], starts[:-1], out=counts[:-1])
-        counts[-1] = n - starts[-1]
     opted_out = None
     if oo is not None:
         per_unit = np.bitwise_or.reduceat(oo, starts) if n else np.zeros(0, np.bool_)
         opted_out = per_unit[unit_of_row]
     ties = count_differing(r, columns) if pairs else count_ties(r, new_unit, columns)
     names = [e.name for e in encoders if e.ok]
-    return Frame(
-        n, unit_of_row, starts, counts, opted_out, dict(zip(names, columns, strict=True)), ties
-    )
+    return Frame(n, unit_of_row, starts, opted_out, dict(zip(names, columns, strict=True)), ties)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from collections.abc import Callable
-from typing import Final
+from typing import Final, TypeVar
 
 import pyarrow as pa
 
@@ -25,6 +25,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 _TRIM: Final = _malloc_trim()
+T = TypeVar("T")
 
 
 def release() -> None:
@@ -32,3 +33,9 @@ def release() -> None:
     pa.default_memory_pool().release_unused()
     if _TRIM is not None:
         _TRIM(0)
+
+
+def released(value: T) -> T:
+    """`value`, once the temporaries that made it are handed back (`release`)."""
+    release()
+    return value

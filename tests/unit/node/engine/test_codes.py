@@ -23,7 +23,7 @@ def _frame(units: list[int], n_codes: int = 7) -> Frame:
     }
     unit_of_row = np.repeat(np.arange(len(units)), units).astype(np.int32)
     oo = rng.random(n) < 0.2
-    return Frame(n, unit_of_row, starts, counts, oo, cols, 0)
+    return Frame(n, unit_of_row, starts, oo, cols, 0)
 
 
 def _plain(parts: list[codes.Part | Lut], n: int) -> codes.Part:

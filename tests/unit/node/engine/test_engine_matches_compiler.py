@@ -351,7 +351,6 @@ def test_age_matches_duckdb_date_sub_around_29_february() -> None:
                 len(days),
                 np.arange(len(days), dtype=np.int32),
                 np.arange(len(days), dtype=np.int32),
-                np.ones(len(days), dtype=np.int32),
                 None,
                 {"b": col},
                 0,
