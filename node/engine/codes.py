@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tessera.node.engine.bound import OUT
-from tessera.node.engine.frame import Column, Frame
+from tessera.node.engine.frame import Column, Frame, small_codes
 
 Ints = npt.NDArray[np.int64]
 Mask = npt.NDArray[np.bool_]
@@ -214,32 +214,21 @@ def coded(frame: Frame, col: Column, name: str, what: str = "") -> Coded | None:
     kind = col.kind
 
     def make() -> Coded | None:
-        values: npt.NDArray[Any] = col.values
         if kind in ("code", "bool"):  # -1 is NULL already
             size = len(col.dictionary) if kind == "code" else 2
             dt = np.uint8 if size < 255 else np.uint16
-            return Coded((values + 1).astype(dt), 0, size, ("coded", name, what))
+            return Coded((col.values + 1).astype(dt), 0, size, ("coded", name, what))
         assert col.null is not None
+        if kind == "date" and what == "" and col.days is not None:  # held so already
+            return Coded(col.days.codes, col.days.lo, col.days.size, ("coded", name, what))
+        values: npt.NDArray[Any]
         if what == "month":
             p = frame.date_parts(name)
             values = p.year * 12 + p.month - 1
-        valid = ~col.null
-        if not valid.any():
-            return Coded(np.zeros(frame.n, dtype=np.uint8), 0, 0, ("coded", name, what))
-        # Over the non-NULL rows without copying them out, and converted chunk by chunk:
-        # whole-column int64 temporaries were a query's peak memory at 10^7 rows.
-        lo = int(np.min(values, where=valid, initial=np.iinfo(values.dtype).max))
-        hi = int(np.max(values, where=valid, initial=np.iinfo(values.dtype).min))
-        del valid
-        if hi - lo >= (1 << 16) - 2:
-            return None
-        dtype = np.uint8 if hi - lo < 254 else np.uint16
-        codes: npt.NDArray[np.unsignedinteger[Any]] = np.empty(frame.n, dtype=dtype)
-        base = np.int64(lo - 1)
-        for a in range(0, frame.n, CHUNK):
-            codes[a : a + CHUNK] = values[a : a + CHUNK].astype(np.int64) - base
-        codes[col.null] = 0
-        return Coded(codes, lo, hi - lo + 1, ("coded", name, what))
+        else:
+            values = col.values
+        got = small_codes(values, col.null)
+        return None if got is None else Coded(got.codes, got.lo, got.size, ("coded", name, what))
 
     got: Coded | None = frame.cached(("coded", name, what), make)
     return got

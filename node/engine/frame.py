@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import duckdb
 import numpy as np
@@ -53,12 +53,73 @@ Kind = Literal["code", "int", "date", "bool"]
 Array = npt.NDArray[Any]
 
 
+class SmallCodes(NamedTuple):
+    """Values as small unsigned codes: 0 is NULL, code i + 1 the value lo + i."""
+
+    codes: npt.NDArray[np.unsignedinteger[Any]]
+    lo: int
+    size: int
+
+
+# Rows per chunk when a column is converted (no whole-column int64 temporary).
+_CONVERT_ROWS: Final = 1 << 16
+
+
+def small_codes(values: Array, null: npt.NDArray[np.bool_]) -> SmallCodes | None:
+    """`values` (NULL rows where `null`) as 8- or 16-bit codes, or None when they span
+    too wide a range."""
+    valid = ~null
+    if not valid.any():
+        return SmallCodes(np.zeros(len(values), dtype=np.uint8), 0, 0)
+    # Over the non-NULL rows without copying them out.
+    lo = int(np.min(values, where=valid, initial=np.iinfo(values.dtype).max))
+    hi = int(np.max(values, where=valid, initial=np.iinfo(values.dtype).min))
+    del valid
+    if hi - lo >= (1 << 16) - 2:
+        return None
+    dtype = np.uint8 if hi - lo < 254 else np.uint16
+    codes: npt.NDArray[np.unsignedinteger[Any]] = np.empty(len(values), dtype=dtype)
+    base = np.int64(lo - 1)
+    for a in range(0, len(values), _CONVERT_ROWS):
+        codes[a : a + _CONVERT_ROWS] = values[a : a + _CONVERT_ROWS].astype(np.int64) - base
+    codes[null] = 0
+    return SmallCodes(codes, lo, hi - lo + 1)
+
+
 @dataclass(frozen=True)
 class Column:
     kind: Kind
-    values: Array  # codes int8/int16 (-1 NULL) | int64 | int32 days | int8 (-1 NULL)
+    # codes int8/int16 (-1 NULL) | int64 | int32 days | int8 (-1 NULL); None for a date
+    # column held as day codes only (`days`): `values` makes its days when first asked.
+    stored: Array | None
     null: npt.NDArray[np.bool_] | None = None  # int and date columns
     dictionary: tuple[str, ...] = ()  # code columns: the string of each code
+    days: SmallCodes | None = None  # date columns: each row's day as a small code
+
+    @property
+    def values(self) -> Array:
+        v = self.stored
+        if v is None:
+            assert self.days is not None and self.null is not None
+            d = self.days
+            v = np.empty(len(d.codes), dtype=np.int32)
+            for a in range(0, len(v), _CONVERT_ROWS):
+                v[a : a + _CONVERT_ROWS] = d.codes[a : a + _CONVERT_ROWS]
+            v += np.int32(d.lo - 1)
+            v[self.null] = 0  # as the encoders leave a NULL date
+            object.__setattr__(self, "stored", v)  # kept: a template reads the days
+        return v
+
+
+def day_coded(col: Column) -> Column:
+    """A date column held as day codes only (a quarter or half of its int32 days); the
+    executor's date filters read the codes, and anything else the days, made again."""
+    if col.kind != "date" or col.null is None or col.stored is None:
+        return col
+    days = small_codes(col.stored, col.null)
+    if days is None:
+        return col
+    return Column(col.kind, None, col.null, col.dictionary, days)
 
 
 @dataclass(frozen=True)
@@ -401,4 +462,6 @@ def assemble(
         opted_out = per_unit[unit_of_row]
     ties = count_differing(r, columns) if pairs else count_ties(r, new_unit, columns)
     names = [e.name for e in encoders if e.ok]
-    return Frame(n, unit_of_row, starts, opted_out, dict(zip(names, columns, strict=True)), ties)
+    kept = [day_coded(c) for c in columns]
+    del columns
+    return Frame(n, unit_of_row, starts, opted_out, dict(zip(names, kept, strict=True)), ties)
