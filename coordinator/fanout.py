@@ -68,6 +68,9 @@ class FanOut:
         )
         self._thread.start()
         self._closed = False
+        # organisation -> node key id, learnt by secure aggregation's Describe round and
+        # reused by later sessions (coordinator/secagg_run.run_for_query)
+        self.node_keys: dict[str, str] = {}
 
     # -- domain calls ----------------------------------------------------------------
 

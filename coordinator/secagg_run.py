@@ -70,6 +70,8 @@ class SecAggOutcome:
     # organisation -> its noise share's scale per measure (public figures)
     noise_scales: dict[str, tuple[float, ...]] = field(default_factory=dict)
     latency_ms: float = 0.0
+    # organisation -> the node key the session's roster gave it
+    node_keys: dict[str, str] = field(default_factory=dict)
     # Every message the coordinator received (for tests of its view).
     received: list[tuple[str, bytes]] = field(default_factory=list)
 
@@ -95,7 +97,10 @@ async def run(
         # name its own key at its index, so a wrong key only excludes that node.
         keyed = await asyncio.gather(
             *(
-                m.stub.Describe(node_pb2.DescribeRequest(), timeout=stage_deadline_ms / 1000)
+                m.stub.Describe(
+                    node_pb2.DescribeRequest(identity_only=True),
+                    timeout=stage_deadline_ms / 1000,
+                )
                 for m in unknown
             ),
             return_exceptions=True,
@@ -129,6 +134,7 @@ async def run(
     )
     wire_request = common_pb2.SignedRequest(canonical=signed.body, signature=signed.signature)
     out = SecAggOutcome(sid, None, (), (), ())
+    out.node_keys = {m.organisation: m.node_key_id for m in roster}
 
     async def call(index: int, msg: pb.SecAggMessage) -> pb.SecAggMessage:
         m = by_index[index]
@@ -161,7 +167,14 @@ async def run(
             on_reply(m.organisation, answer)
         return answer
 
-    server = SecAggServer(session)
+    try:
+        server = SecAggServer(session)
+    except Refused as e:  # e.g. two nodes described themselves with the same key
+        out.aborted = f"the session's roster was refused: {e}"
+        out.excluded = tuple(m.organisation for m in roster)
+        out.reasons = {m.organisation: f"session: {e}" for m in roster}
+        out.latency_ms = (time.monotonic() - start) * 1000
+        return out
     failures: list[Failure] = []
     try:
         result = await run_session(session, call, server=server, failures=failures)
@@ -285,10 +298,17 @@ def run_for_query(
         out.reasons = dict.fromkeys(unrouted, "not routed: no such node hosting the dataset")
         return release(template, digest, request.request_id, request.audience, out)
     deadline_ms = max(1000, int(deadline_seconds * 1000))
+    # Node keys learnt at earlier sessions (a Describe round saved); a node that has
+    # rotated its key refuses a roster with the old one, and so does every node that
+    # checks it against the federation roster: then the keys are asked for again.
+    known = fanout.node_keys
     for attempt in range(1, max_attempts + 1):
+        cached = {t.organisation: known.get(t.organisation, "") for t in targets}
 
-        async def go(stub: Callable[[Target], Any], attempt: int = attempt) -> SecAggOutcome:
-            members = [Member(t.organisation, "", stub(t)) for t in targets]
+        async def go(
+            stub: Callable[[Target], Any], attempt: int = attempt, cached: dict[str, str] = cached
+        ) -> SecAggOutcome:
+            members = [Member(t.organisation, cached[t.organisation], stub(t)) for t in targets]
             return await run(
                 members,
                 signed_template=signed_template,
@@ -301,6 +321,15 @@ def run_for_query(
             )
 
         out = fanout.run_with_stubs(go, timeout=deadline_seconds * 8 + 30)
+        refused_at_start = [o for o, r in out.reasons.items() if r.startswith("session:")]
+        if any(cached.values()) and refused_at_start:
+            for org in out.node_keys:  # perhaps a stale key: learn every key afresh
+                known.pop(org, None)
+            if out.aborted:
+                continue
+        for org, key in out.node_keys.items():
+            if key and org not in refused_at_start:
+                known[org] = key
         rejoined = out.aborted and all("already joined" in r for r in out.reasons.values())
         if not (rejoined and out.reasons):
             break

@@ -82,6 +82,11 @@ def _gaussian(scale: float) -> Any:
     return dp.m.make_gaussian(_vectors(), dp.l2_distance(T="f64"), scale=scale)
 
 
+def _int64s(exact: IntVector) -> IntVector:
+    # OpenDP reads a contiguous int64 array without converting it element by element.
+    return np.ascontiguousarray(exact, dtype=np.int64)
+
+
 @lru_cache(maxsize=256)
 def _mechanism(kind: str, scale: float) -> Any:
     # A calibrated template's scale repeats at every answer: building the measurement
@@ -139,7 +144,7 @@ def total_loss(calibrations: list[Calibration]) -> Loss:
 
 def add_noise(calibration: Calibration, exact: IntVector) -> NoisyVector:
     mechanism = _mechanism(calibration.kind, calibration.scale)
-    noisy = np.asarray(mechanism(exact.tolist()), dtype=np.int64)
+    noisy = np.asarray(mechanism(_int64s(exact)), dtype=np.int64)
     return NoisyVector(
         name=calibration.name,
         values=noisy,
@@ -347,7 +352,8 @@ def add_noise_share(share: NoiseShare, exact: IntVector) -> IntVector:
     """This node's exact cells plus its discrete Gaussian share (OpenDP's draw)."""
     if exact.shape != (share.cells,):
         raise CalibrationError("the vector does not have the calibrated number of cells")
-    return np.asarray(_gaussian(share.scale)(exact.tolist()), dtype=np.int64)
+    drawn = _mechanism("rho", share.scale)(_int64s(exact))
+    return np.asarray(drawn, dtype=np.int64)
 
 
 # -- overlap counting (tessera.overlap): dummy elements for the counter's view ----------

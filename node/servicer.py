@@ -129,10 +129,19 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self.overlap = OverlapNode(service, self.secagg.roster)
 
     def Describe(self, request: Any, context: Any) -> node_pb2.DescribeReply:
+        cfg = self.service.cfg
+        if request.identity_only:
+            # No budgets (each an OpenDP conversion to ε) nor certificate checks: the
+            # coordinator asks this at every secure-aggregation session.
+            guarded(context, lambda: self.service.check_peer(peer_identity(context), "Describe"))
+            return node_pb2.DescribeReply(
+                organisation=cfg.organisation,
+                node_key=self.service.key.public.key_id,
+                software_version=VERSION,
+            )
         datasets = guarded(
             context, lambda: self.service.datasets(peer_identity(context), "Describe")
         )
-        cfg = self.service.cfg
         return node_pb2.DescribeReply(
             organisation=cfg.organisation,
             datasets=_dataset_infos(datasets),

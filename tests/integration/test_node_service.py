@@ -254,6 +254,21 @@ def test_client_roles_and_identities(running_node: Any) -> None:
     assert operator.ExportAudit(node_pb2.ExportAuditRequest(from_seq=1, limit=10)).entries
 
 
+def test_describe_identity_only_names_the_node_and_nothing_else(running_node: Any) -> None:
+    # What the coordinator asks at every secure-aggregation session: who, not budgets.
+    fed, node = running_node
+    coord = fedlib.node_stub(fed, node.port, "coordinator")
+    full = coord.Describe(node_pb2.DescribeRequest())
+    short = coord.Describe(node_pb2.DescribeRequest(identity_only=True))
+    assert (short.organisation, short.node_key) == (full.organisation, full.node_key)
+    assert short.node_key == node.service.key.public.key_id
+    assert full.datasets and not short.datasets and not short.warnings
+    stranger = fedlib.node_stub(fed, node.port, "stranger")
+    with pytest.raises(grpc.RpcError) as err:
+        stranger.Describe(node_pb2.DescribeRequest(identity_only=True))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
 def test_client_certificate_from_another_ca_is_refused(running_node: Any, tmp_path: Any) -> None:
     fed, node = running_node
     from tessera.tls import TlsFiles, make_federation

@@ -270,6 +270,29 @@ def test_through_the_coordinator(region: region_lib.Region) -> None:
     assert getattr(e.value, "code", "") == "FAILED_PRECONDITION"
 
 
+def test_the_coordinator_reuses_node_keys_and_learns_a_changed_one(
+    region: region_lib.Region,
+) -> None:
+    """After one session the coordinator skips the Describe round, using the keys it
+    learnt; a key that no longer matches (a node rotated it) is refused at the start
+    by the nodes, and the coordinator asks every node again and runs a new attempt."""
+    digest = region_lib.published(region, T2, threshold=3)
+    analyst = region.analyst()
+    known = region.coordinator.service.fanout.node_keys
+    known.clear()
+    first = analyst.run_query(digest, P2)
+    assert first.released, first.withheld_reason
+    keys = {o: region.nodes[o].service.key.public.key_id for o in region_lib.COUNCILS}
+    assert known == keys
+    for stale in (SigningKey.generate().public.key_id, keys["Wakefield"]):
+        known["Leeds"] = stale  # not Leeds's key (any more), or another node's
+        again = analyst.run_query(
+            digest, {"period_start": "2025-05-01", "period_end": "2026-03-31"}
+        )
+        assert again.released, again.withheld_reason
+        assert known == keys
+
+
 def _round_outcomes(region: region_lib.Region, org: str) -> list[dict[str, Any]]:
     log = region.nodes[org].service.ledger.audit_log.export(1, 1000)
     return [b for e in log if (b := json.loads(e.body)).get("method") == "ProtocolRound"]

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tessera.wire.v1 import common_pb2 as tessera_dot_wire_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atessera/wire/v1/node.proto\x12\x0ftessera.wire.v1\x1a\x1ctessera/wire/v1/common.proto\"\x11\n\x0f\x44\x65scribeRequest\"\xae\x01\n\rDescribeReply\x12\x14\n\x0corganisation\x18\x01 \x01(\t\x12.\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x1c.tessera.wire.v1.DatasetInfo\x12\x19\n\x11\x61\x63\x63\x65pted_purposes\x18\x03 \x03(\t\x12\x10\n\x08node_key\x18\x04 \x01(\t\x12\x18\n\x10software_version\x18\x05 \x01(\t\x12\x10\n\x08warnings\x18\x06 \x03(\t\"t\n\x0e\x45xecuteRequest\x12\x31\n\x08template\x18\x01 \x01(\x0b\x32\x1f.tessera.wire.v1.SignedTemplate\x12/\n\x07request\x18\x02 \x01(\x0b\x32\x1e.tessera.wire.v1.SignedRequest\"\x9a\x03\n\x06\x41nswer\x12\x17\n\x0ftemplate_digest\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x03 \x01(\x03\x12\x11\n\tstatistic\x18\x04 \x01(\t\x12.\n\ndimensions\x18\x05 \x03(\x0b\x32\x1a.tessera.wire.v1.Dimension\x12/\n\x08measures\x18\x06 \x03(\x0b\x32\x1d.tessera.wire.v1.NoisyMeasure\x12,\n\x05\x63\x65lls\x18\x07 \x03(\x0b\x32\x1d.tessera.wire.v1.ReleasedCell\x12*\n\x04\x63ost\x18\x08 \x01(\x0b\x32\x1c.tessera.wire.v1.PrivacyLoss\x12-\n\x07\x63harged\x18\t \x01(\x0b\x32\x1c.tessera.wire.v1.PrivacyLoss\x12\x12\n\nfrom_cache\x18\n \x01(\x08\x12-\n\x06masked\x18\x0b \x03(\x0b\x32\x1d.tessera.wire.v1.MaskedVector\x12\r\n\x05notes\x18\x14 \x03(\t\"\xb5\x01\n\x0c\x45xecuteReply\x12\x14\n\x0corganisation\x18\x01 \x01(\t\x12\'\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x17.tessera.wire.v1.Answer\x12\x11\n\taudit_seq\x18\x03 \x01(\x03\x12\x12\n\naudit_hash\x18\x04 \x01(\t\x12\x11\n\tstatement\x18\n \x01(\x0c\x12\x1b\n\x13statement_signature\x18\x0b \x01(\x0c\x12\x0f\n\x07payload\x18\x0c \x01(\x0c\"\x12\n\x10GetBudgetRequest\"V\n\x0eGetBudgetReply\x12\x14\n\x0corganisation\x18\x01 \x01(\t\x12.\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x1c.tessera.wire.v1.DatasetInfo\"\xae\x01\n\x14ProtocolRoundRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x31\n\x08template\x18\x04 \x01(\x0b\x32\x1f.tessera.wire.v1.SignedTemplate\x12/\n\x07request\x18\x05 \x01(\x0b\x32\x1e.tessera.wire.v1.SignedRequest\"k\n\x12ProtocolRoundReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tstatement\x18\x02 \x01(\x0c\x12\x1b\n\x13statement_signature\x18\x03 \x01(\x0c\x12\x14\n\x0cnoise_scales\x18\x04 \x03(\x01\"5\n\x12\x45xportAuditRequest\x12\x10\n\x08\x66rom_seq\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\r\"[\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x11\n\tprev_hash\x18\x03 \x01(\t\x12\x0c\n\x04hash\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"R\n\x10\x45xportAuditReply\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.tessera.wire.v1.AuditEntry\x12\x10\n\x08node_key\x18\x02 \x01(\t2\xab\x03\n\x0bNodeService\x12L\n\x08\x44\x65scribe\x12 .tessera.wire.v1.DescribeRequest\x1a\x1e.tessera.wire.v1.DescribeReply\x12I\n\x07\x45xecute\x12\x1f.tessera.wire.v1.ExecuteRequest\x1a\x1d.tessera.wire.v1.ExecuteReply\x12O\n\tGetBudget\x12!.tessera.wire.v1.GetBudgetRequest\x1a\x1f.tessera.wire.v1.GetBudgetReply\x12[\n\rProtocolRound\x12%.tessera.wire.v1.ProtocolRoundRequest\x1a#.tessera.wire.v1.ProtocolRoundReply\x12U\n\x0b\x45xportAudit\x12#.tessera.wire.v1.ExportAuditRequest\x1a!.tessera.wire.v1.ExportAuditReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atessera/wire/v1/node.proto\x12\x0ftessera.wire.v1\x1a\x1ctessera/wire/v1/common.proto\"(\n\x0f\x44\x65scribeRequest\x12\x15\n\ridentity_only\x18\x01 \x01(\x08\"\xae\x01\n\rDescribeReply\x12\x14\n\x0corganisation\x18\x01 \x01(\t\x12.\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x1c.tessera.wire.v1.DatasetInfo\x12\x19\n\x11\x61\x63\x63\x65pted_purposes\x18\x03 \x03(\t\x12\x10\n\x08node_key\x18\x04 \x01(\t\x12\x18\n\x10software_version\x18\x05 \x01(\t\x12\x10\n\x08warnings\x18\x06 \x03(\t\"t\n\x0e\x45xecuteRequest\x12\x31\n\x08template\x18\x01 \x01(\x0b\x32\x1f.tessera.wire.v1.SignedTemplate\x12/\n\x07request\x18\x02 \x01(\x0b\x32\x1e.tessera.wire.v1.SignedRequest\"\x9a\x03\n\x06\x41nswer\x12\x17\n\x0ftemplate_digest\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x03 \x01(\x03\x12\x11\n\tstatistic\x18\x04 \x01(\t\x12.\n\ndimensions\x18\x05 \x03(\x0b\x32\x1a.tessera.wire.v1.Dimension\x12/\n\x08measures\x18\x06 \x03(\x0b\x32\x1d.tessera.wire.v1.NoisyMeasure\x12,\n\x05\x63\x65lls\x18\x07 \x03(\x0b\x32\x1d.tessera.wire.v1.ReleasedCell\x12*\n\x04\x63ost\x18\x08 \x01(\x0b\x32\x1c.tessera.wire.v1.PrivacyLoss\x12-\n\x07\x63harged\x18\t \x01(\x0b\x32\x1c.tessera.wire.v1.PrivacyLoss\x12\x12\n\nfrom_cache\x18\n \x01(\x08\x12-\n\x06masked\x18\x0b \x03(\x0b\x32\x1d.tessera.wire.v1.MaskedVector\x12\r\n\x05notes\x18\x14 \x03(\t\"\xb5\x01\n\x0c\x45xecuteReply\x12\x14\n\x0corganisation\x18\x01 \x01(\t\x12\'\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x17.tessera.wire.v1.Answer\x12\x11\n\taudit_seq\x18\x03 \x01(\x03\x12\x12\n\naudit_hash\x18\x04 \x01(\t\x12\x11\n\tstatement\x18\n \x01(\x0c\x12\x1b\n\x13statement_signature\x18\x0b \x01(\x0c\x12\x0f\n\x07payload\x18\x0c \x01(\x0c\"\x12\n\x10GetBudgetRequest\"V\n\x0eGetBudgetReply\x12\x14\n\x0corganisation\x18\x01 \x01(\t\x12.\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x1c.tessera.wire.v1.DatasetInfo\"\xae\x01\n\x14ProtocolRoundRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x31\n\x08template\x18\x04 \x01(\x0b\x32\x1f.tessera.wire.v1.SignedTemplate\x12/\n\x07request\x18\x05 \x01(\x0b\x32\x1e.tessera.wire.v1.SignedRequest\"k\n\x12ProtocolRoundReply\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x11\n\tstatement\x18\x02 \x01(\x0c\x12\x1b\n\x13statement_signature\x18\x03 \x01(\x0c\x12\x14\n\x0cnoise_scales\x18\x04 \x03(\x01\"5\n\x12\x45xportAuditRequest\x12\x10\n\x08\x66rom_seq\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\r\"[\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x11\n\tprev_hash\x18\x03 \x01(\t\x12\x0c\n\x04hash\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"R\n\x10\x45xportAuditReply\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.tessera.wire.v1.AuditEntry\x12\x10\n\x08node_key\x18\x02 \x01(\t2\xab\x03\n\x0bNodeService\x12L\n\x08\x44\x65scribe\x12 .tessera.wire.v1.DescribeRequest\x1a\x1e.tessera.wire.v1.DescribeReply\x12I\n\x07\x45xecute\x12\x1f.tessera.wire.v1.ExecuteRequest\x1a\x1d.tessera.wire.v1.ExecuteReply\x12O\n\tGetBudget\x12!.tessera.wire.v1.GetBudgetRequest\x1a\x1f.tessera.wire.v1.GetBudgetReply\x12[\n\rProtocolRound\x12%.tessera.wire.v1.ProtocolRoundRequest\x1a#.tessera.wire.v1.ProtocolRoundReply\x12U\n\x0b\x45xportAudit\x12#.tessera.wire.v1.ExportAuditRequest\x1a!.tessera.wire.v1.ExportAuditReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,29 +33,29 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tessera.wire.v1.node_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DESCRIBEREQUEST']._serialized_start=77
-  _globals['_DESCRIBEREQUEST']._serialized_end=94
-  _globals['_DESCRIBEREPLY']._serialized_start=97
-  _globals['_DESCRIBEREPLY']._serialized_end=271
-  _globals['_EXECUTEREQUEST']._serialized_start=273
-  _globals['_EXECUTEREQUEST']._serialized_end=389
-  _globals['_ANSWER']._serialized_start=392
-  _globals['_ANSWER']._serialized_end=802
-  _globals['_EXECUTEREPLY']._serialized_start=805
-  _globals['_EXECUTEREPLY']._serialized_end=986
-  _globals['_GETBUDGETREQUEST']._serialized_start=988
-  _globals['_GETBUDGETREQUEST']._serialized_end=1006
-  _globals['_GETBUDGETREPLY']._serialized_start=1008
-  _globals['_GETBUDGETREPLY']._serialized_end=1094
-  _globals['_PROTOCOLROUNDREQUEST']._serialized_start=1097
-  _globals['_PROTOCOLROUNDREQUEST']._serialized_end=1271
-  _globals['_PROTOCOLROUNDREPLY']._serialized_start=1273
-  _globals['_PROTOCOLROUNDREPLY']._serialized_end=1380
-  _globals['_EXPORTAUDITREQUEST']._serialized_start=1382
-  _globals['_EXPORTAUDITREQUEST']._serialized_end=1435
-  _globals['_AUDITENTRY']._serialized_start=1437
-  _globals['_AUDITENTRY']._serialized_end=1528
-  _globals['_EXPORTAUDITREPLY']._serialized_start=1530
-  _globals['_EXPORTAUDITREPLY']._serialized_end=1612
-  _globals['_NODESERVICE']._serialized_start=1615
-  _globals['_NODESERVICE']._serialized_end=2042
+  _globals['_DESCRIBEREQUEST']._serialized_end=117
+  _globals['_DESCRIBEREPLY']._serialized_start=120
+  _globals['_DESCRIBEREPLY']._serialized_end=294
+  _globals['_EXECUTEREQUEST']._serialized_start=296
+  _globals['_EXECUTEREQUEST']._serialized_end=412
+  _globals['_ANSWER']._serialized_start=415
+  _globals['_ANSWER']._serialized_end=825
+  _globals['_EXECUTEREPLY']._serialized_start=828
+  _globals['_EXECUTEREPLY']._serialized_end=1009
+  _globals['_GETBUDGETREQUEST']._serialized_start=1011
+  _globals['_GETBUDGETREQUEST']._serialized_end=1029
+  _globals['_GETBUDGETREPLY']._serialized_start=1031
+  _globals['_GETBUDGETREPLY']._serialized_end=1117
+  _globals['_PROTOCOLROUNDREQUEST']._serialized_start=1120
+  _globals['_PROTOCOLROUNDREQUEST']._serialized_end=1294
+  _globals['_PROTOCOLROUNDREPLY']._serialized_start=1296
+  _globals['_PROTOCOLROUNDREPLY']._serialized_end=1403
+  _globals['_EXPORTAUDITREQUEST']._serialized_start=1405
+  _globals['_EXPORTAUDITREQUEST']._serialized_end=1458
+  _globals['_AUDITENTRY']._serialized_start=1460
+  _globals['_AUDITENTRY']._serialized_end=1551
+  _globals['_EXPORTAUDITREPLY']._serialized_start=1553
+  _globals['_EXPORTAUDITREPLY']._serialized_end=1635
+  _globals['_NODESERVICE']._serialized_start=1638
+  _globals['_NODESERVICE']._serialized_end=2065
 # @@protoc_insertion_point(module_scope)

@@ -23,12 +23,19 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class DescribeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    IDENTITY_ONLY_FIELD_NUMBER: _builtins.int
+    identity_only: _builtins.bool
+    """Only who the node is (organisation, node_key, software_version): no datasets,
+    budgets or warnings. The coordinator asks so at every secure-aggregation session.
+    """
     def __init__(
         self,
+        *,
+        identity_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity_only", b"identity_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
