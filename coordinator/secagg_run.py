@@ -173,7 +173,7 @@ async def run(
         out.aborted = f"the session's roster was refused: {e}"
         out.excluded = tuple(m.organisation for m in roster)
         out.reasons = {m.organisation: f"session: {e}" for m in roster}
-        out.latency_ms = (time.monotonic() - start) * 1000
+        out.latency_ms = round((time.monotonic() - start) * 1000, 3)
         return out
     failures: list[Failure] = []
     try:
@@ -321,14 +321,15 @@ def run_for_query(
             )
 
         out = fanout.run_with_stubs(go, timeout=deadline_seconds * 8 + 30)
-        refused_at_start = [o for o, r in out.reasons.items() if r.startswith("session:")]
-        if any(cached.values()) and refused_at_start:
+        refused_at_start = {o for o, r in out.reasons.items() if r.startswith("session:")}
+        if out.aborted and refused_at_start and any(cached.values()):
             for org in out.node_keys:  # perhaps a stale key: learn every key afresh
                 known.pop(org, None)
-            if out.aborted:
-                continue
+            continue
         for org, key in out.node_keys.items():
-            if key and org not in refused_at_start:
+            if org in refused_at_start:
+                known.pop(org, None)
+            elif key:
                 known[org] = key
         rejoined = out.aborted and all("already joined" in r for r in out.reasons.values())
         if not (rejoined and out.reasons):

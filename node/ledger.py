@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tessera import audit
 from tessera.audit import AuditLog, AuditRecord
 from tessera.canonical import sha256_hex
 from tessera.clock import Clock, isoformat
@@ -193,8 +194,7 @@ class Ledger:
                 "CREATE TABLE IF NOT EXISTS secagg_sessions "
                 "(session_id TEXT PRIMARY KEY, joined TEXT NOT NULL)"
             )
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            try:
+            with audit.unsynced(self._conn):
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
                     self._conn.execute(
@@ -209,8 +209,6 @@ class Ledger:
                     if self._conn.in_transaction:
                         self._conn.rollback()
                     raise
-            finally:
-                self._conn.execute("PRAGMA synchronous=FULL")
         return True
 
     # -- the one write path for answers --------------------------------------------
@@ -257,9 +255,7 @@ class Ledger:
             free = all(s.job.release is None for s in todo)
             done: list[tuple[Slot[Job, Committed], Committed | Refusal]] = []
             failed: tuple[Slot[Job, Committed], BaseException] | None = None
-            if free:
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-            try:
+            with audit.unsynced(self._conn, when=free):
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
                     for slot in todo:
@@ -286,9 +282,6 @@ class Ledger:
                     if self._conn.in_transaction:
                         self._conn.rollback()
                     raise
-            finally:
-                if free:
-                    self._conn.execute("PRAGMA synchronous=FULL")
             if failed is not None:
                 failed[0].finish(error=failed[1])
                 todo = [s for s in todo if s is not failed[0]]

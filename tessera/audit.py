@@ -124,6 +124,21 @@ def default_head_path(db_path: Path) -> Path:
     return db_path.with_name(db_path.name + ".head")
 
 
+@contextmanager
+def unsynced(conn: sqlite3.Connection, when: bool = True) -> Iterator[None]:
+    """Commits inside (when `when`) skip their fsync: synchronous=NORMAL, safe against a
+    process crash, not a power failure; the connection is back at FULL afterwards.
+    For writes that pay nothing (free answers, steps whose charge is fsynced later)."""
+    if not when:
+        yield
+        return
+    conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        yield
+    finally:
+        conn.execute("PRAGMA synchronous=FULL")
+
+
 class AuditLog:
     """Appends entries to the `audit` table of a SQLite database.
 
@@ -281,9 +296,7 @@ class AuditLog:
         If the head write fails (OSError), the entry is already committed: the error
         is raised so the caller knows truncation detection is lagging."""
         with self._lock:
-            if not durable:
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-            try:
+            with unsynced(self._conn, when=not durable):
                 self._conn.execute("BEGIN IMMEDIATE")
                 try:
                     record = self._insert(body)
@@ -291,9 +304,6 @@ class AuditLog:
                 except BaseException:
                     self._conn.rollback()
                     raise
-            finally:
-                if not durable:
-                    self._conn.execute("PRAGMA synchronous=FULL")
             if durable:
                 self._write_head_locked()
         if not durable:
