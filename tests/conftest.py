@@ -5,8 +5,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.support import federation as fedlib
+
+# No time limits on examples: a first example pays for imports and warm caches, and on
+# a loaded two-core machine a deadline would fail tests for timing, not behaviour
+# (speed is the benchmarks' to measure).
+settings.register_profile("tessera", deadline=None)
+settings.load_profile("tessera")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -15,6 +15,8 @@ DuckDB's date_sub('year', ...) computes them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
@@ -22,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tessera.node.compiler import IntVector
-from tessera.node.engine import bound, codes
+from tessera.node.engine import bound, codes, cube
 from tessera.node.engine.codes import Coded, Lut
 from tessera.node.engine.frame import Column, Frame
 from tessera.templates.model import (
@@ -39,12 +41,14 @@ from tessera.templates.model import (
     MonthsDim,
     ParamValue,
     RangeFilter,
+    Statistic,
     StatisticKind,
     Template,
 )
 
 Mask = npt.NDArray[np.bool_]
 Ints = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
 _EPOCH = date(1970, 1, 1)
 _KINDS = (
     StatisticKind.COUNT_UNITS,
@@ -68,29 +72,39 @@ def run(
     if frame.ties:
         return None
     try:
+        q = _parts(frame, template, values, exclude_opted_out)
+        got = _from_cube(frame, template, q)
+        if got is not None:
+            return got
         with codes.cells(frame) as cell:
-            return _run(frame, template, values, exclude_opted_out, cell)
+            return _run(frame, template, q, cell)
     except Unsupported:
         return None
 
 
-def _run(
-    frame: Frame, t: Template, values: dict[str, ParamValue], exclude: bool, cell: Part
-) -> dict[str, IntVector]:
-    """The vectors, with `cell` (one int32 per row) as scratch: nothing returned views it."""
+@dataclass(frozen=True)
+class _Query:
+    parts: list[Part | Lut]
+    varying: list[Part | Lut]  # the parts of filters that read the values
+    col: Column | None  # the summed column
+
+
+def _parts(frame: Frame, t: Template, values: dict[str, ParamValue], exclude: bool) -> _Query:
     stat = t.statistic
     if t.overlap is not None or stat.kind not in _KINDS:
         raise Unsupported(stat.kind.value)
-    n_cells = t.n_cells
-    parts = [p for f in t.filters for p in _filter(frame, f, values)]
+    parts: list[Part | Lut] = []
+    varying: list[Part | Lut] = []
+    for f in t.filters:
+        got = _filter(frame, f, values)
+        (varying if _reads_values(f) else parts).extend(got)
     strides = []
     acc = 1
     for n in reversed(t.shape):
         strides.append(acc)
         acc *= n
-    parts += [
-        _part(frame, d, s, values) for d, s in zip(t.group_by, reversed(strides), strict=True)
-    ]
+    for d, s in zip(t.group_by, reversed(strides), strict=True):
+        (varying if _dim_reads_values(d) else parts).append(_part(frame, d, s, values))
     if exclude and frame.opted_out is not None:
         parts.append(codes.flag(frame.opted_out, ("flag", "opted_out")))
     col: Column | None = None
@@ -98,7 +112,78 @@ def _run(
         col = _col(frame, stat.column, "int")
         assert col.null is not None
         parts.append(codes.flag(col.null, ("flag", "null", stat.column)))
-    codes.sum_parts(codes.fuse(frame, parts), frame.n, cell)
+    return _Query(parts, varying, col)
+
+
+def _reads_values(f: Filter) -> bool:
+    if isinstance(f, InFilter):
+        return f.param is not None
+    if isinstance(f, BetweenFilter):
+        return f.start.param is not None or f.end.param is not None
+    if isinstance(f, ActiveOnFilter):
+        return f.on.param is not None
+    if isinstance(f, AgeFilter):
+        return f.at is not None and f.at.param is not None
+    return False
+
+
+def _dim_reads_values(d: Dimension) -> bool:
+    return isinstance(d, BandsDim) and d.at is not None and d.at.param is not None
+
+
+def _from_cube(frame: Frame, t: Template, q: _Query) -> dict[str, IntVector] | None:
+    """Capped counts and sums with one varying filter, from a table made once (cube.py)."""
+    stat = t.statistic
+    if stat.kind is StatisticKind.COUNT_UNITS or len(q.varying) != 1:
+        return None
+    (varying,) = q.varying
+    fixed = [p for p in q.parts if isinstance(p, Lut)]
+    if not isinstance(varying, Lut) or len(fixed) != len(q.parts):
+        return None
+    weights: cube.WeightsOf | None = None
+    if q.col is not None:
+        got = _weights(frame, stat, q.col)
+        if got is None:
+            return None
+        weights = (("weights", stat.column, stat.lower, stat.upper), got)
+    answer = cube.answer(frame, fixed, varying, stat.max_records_per_unit, t.n_cells, weights)
+    if answer is None:
+        return None
+    counts, sums = answer
+    if stat.kind is StatisticKind.COUNT_RECORDS:
+        return {"count": counts}
+    assert sums is not None
+    sum_vec = np.rint(sums).astype(np.int64)
+    if stat.kind is StatisticKind.SUM:
+        return {"sum": sum_vec}
+    return {"sum": sum_vec, "count": counts}
+
+
+def _weights(frame: Frame, stat: Statistic, col: Column) -> Callable[[], Lut | Floats] | None:
+    """Each row's clamped value as a float, when float sums of them are exact (below
+    2^53); else None (the executor's integer path answers)."""
+    if max(abs(stat.lower), abs(stat.upper)) * max(frame.n, 1) >= 1 << 53:
+        return None
+
+    def make() -> Lut | Floats:
+        coded = _coded(frame, stat.column, "int")
+        if coded is not None:
+            clamped = np.clip(coded.values(), stat.lower, stat.upper).astype(np.float64)
+            return coded.lut(clamped, 0.0)
+        clipped: Floats = np.clip(col.values.astype(np.int64), stat.lower, stat.upper).astype(
+            np.float64
+        )
+        return clipped
+
+    return make
+
+
+def _run(frame: Frame, t: Template, q: _Query, cell: Part) -> dict[str, IntVector]:
+    """The vectors, with `cell` (one int32 per row) as scratch: nothing returned views it."""
+    stat = t.statistic
+    n_cells = t.n_cells
+    col = q.col
+    codes.sum_parts(codes.fuse(frame, [*q.parts, *q.varying]), frame.n, cell)
     if stat.kind is StatisticKind.COUNT_UNITS:
         by_date = None
         if stat.choose is not None:
@@ -123,16 +208,11 @@ def _run(
         return {"count": counts}
     assert col is not None
     # least(greatest(CAST(v AS BIGINT), lower), upper): the column is an integer already.
-    if max(abs(stat.lower), abs(stat.upper)) * max(frame.n, 1) < 1 << 53:
+    make = _weights(frame, stat, col)
+    if make is not None:
         # Float sums are exact below 2^53; rows that do not count land in bin 0.
-        coded = _coded(frame, stat.column, "int")
-        if coded is not None:
-            clamped = np.clip(coded.values(), stat.lower, stat.upper).astype(np.float64)
-            weights = coded.lut(clamped, 0.0).gather()
-        else:
-            weights = np.clip(col.values.astype(np.int64), stat.lower, stat.upper).astype(
-                np.float64
-            )
+        w = make()
+        weights = w.gather() if isinstance(w, Lut) else w
         sums = np.bincount(binned, weights=weights, minlength=n_cells + 1)
         sum_vec = np.rint(sums[1:]).astype(np.int64)
     else:
