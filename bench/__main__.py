@@ -61,7 +61,7 @@ FULL = Plan(
         reps={1: 20, 2: 20, 4: 15, 8: 15},
         warmup=2,
         qps_node_counts=(1, 8),
-        qps_queries_per_analyst=3,
+        qps_queries_per_analyst=8,
         accuracy_queries=8,
     ),
     fed_records=10**6,

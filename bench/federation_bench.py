@@ -191,6 +191,11 @@ def run(
     key_of = {s.organisation: cluster.secrets[s.slug] for s in specs}
     out: dict[str, Any] = {"latency": {}, "throughput": {}, "accuracy": {}}
     try:
+        # Every node once first: each builds its frame in the background at start and
+        # its tables on its first question, which would otherwise land in the series of
+        # the smaller federations while the rest still compete for the cores.
+        for _ in range(plan.warmup):
+            analysts.ask(first, questions.next(), orgs)
         for n in plan.node_counts:
             log(f"  federation of {n}: latency")
             audience = orgs[:n]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tessera.approvals import Approval
-from tessera.audit import AuditLog
+from tessera.audit import AuditLog, unsynced
 from tessera.clock import Clock
 from tessera.coordinator import convert
 from tessera.coordinator.model import QueryRecord, QueryResult, TemplateRecord
@@ -25,6 +25,8 @@ from tessera.keys import SigningKey
 
 # One grouped write: its statements, given the connection inside the shared transaction.
 _Work = Callable[[sqlite3.Connection], Any]
+# A grouped write: its statements, its audit entry, whether it must be fsynced.
+_Job = tuple[_Work, dict[str, Any], bool]
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS templates (
@@ -83,9 +85,7 @@ class Store:
         self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.execute("PRAGMA busy_timeout=5000")
         self._lock = threading.Lock()
-        self._group: GroupCommit[tuple[_Work, dict[str, Any]], bool] = GroupCommit(
-            self._lock, self._run_batch
-        )
+        self._group: GroupCommit[_Job, bool] = GroupCommit(self._lock, self._run_batch)
         self._threshold = threshold
         try:
             # Sets WAL and synchronous=FULL on the connection.
@@ -115,47 +115,51 @@ class Store:
             if audit is not None:
                 self.audit_log.write_head()
 
-    def _grouped(self, work: _Work, audit: dict[str, Any]) -> None:
+    def _grouped(self, work: _Work, audit: dict[str, Any], *, durable: bool = True) -> None:
         """Like `_tx`, for the writes every query makes (its start and its result):
         concurrent ones share one transaction, one fsync and one head write
-        (tessera/group_commit.py); each caller returns once its own is committed."""
-        self._group.submit((work, audit))
+        (tessera/group_commit.py); each caller returns once its own is committed.
+        A batch of writes none of which is `durable` commits without its fsync and
+        moves no head: the next durable commit makes it durable and covers it."""
+        self._group.submit((work, audit, durable))
 
-    def _run_batch(self, slots: Sequence[Slot[tuple[_Work, dict[str, Any]], bool]]) -> None:
+    def _run_batch(self, slots: Sequence[Slot[_Job, bool]]) -> None:
         todo = list(slots)
         while todo:
-            done: list[Slot[tuple[_Work, dict[str, Any]], bool]] = []
-            failed: tuple[Slot[tuple[_Work, dict[str, Any]], bool], BaseException] | None = None
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                for slot in todo:
-                    work, audit = slot.job
-                    self._conn.execute("SAVEPOINT job")
-                    try:
-                        work(self._conn)
-                        self.audit_log.append_tx(audit)
-                    except sqlite3.IntegrityError:
-                        self._conn.execute("ROLLBACK TO job")
-                        slot.finish(error=Conflict())
-                    except BaseException as e:
-                        failed = (slot, e)
-                        break
+            done: list[Slot[_Job, bool]] = []
+            failed: tuple[Slot[_Job, bool], BaseException] | None = None
+            durable = any(s.job[2] for s in todo)
+            with unsynced(self._conn, when=not durable):
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for slot in todo:
+                        work, audit, _ = slot.job
+                        self._conn.execute("SAVEPOINT job")
+                        try:
+                            work(self._conn)
+                            self.audit_log.append_tx(audit)
+                        except sqlite3.IntegrityError:
+                            self._conn.execute("ROLLBACK TO job")
+                            slot.finish(error=Conflict())
+                        except BaseException as e:
+                            failed = (slot, e)
+                            break
+                        else:
+                            done.append(slot)
+                        self._conn.execute("RELEASE job")
+                    if failed is None:
+                        self._conn.commit()
                     else:
-                        done.append(slot)
-                    self._conn.execute("RELEASE job")
-                if failed is None:
-                    self._conn.commit()
-                else:
-                    self._conn.rollback()
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.rollback()
-                raise
+                        self._conn.rollback()
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.rollback()
+                    raise
             if failed is not None:  # it fails alone; the others run again without it
                 failed[0].finish(error=failed[1])
                 todo = [s for s in todo if s is not failed[0] and not s.done]
                 continue
-            if done:
+            if done and durable:
                 self.audit_log.write_head()
             for slot in done:
                 slot.finish(True)
@@ -288,7 +292,9 @@ class Store:
             with self._tx(None) as conn:
                 work(conn)
         else:
-            self._grouped(work, audit)
+            # Without its fsync: nothing has been released yet, and the result's
+            # durable commit (finish_query) makes this one durable too, in order.
+            self._grouped(work, audit, durable=False)
 
     def finish_query(
         self, query_id: str, state: str, result: QueryResult, audit: dict[str, Any]
