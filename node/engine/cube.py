@@ -243,9 +243,12 @@ def _make(
     w_all = None if weights is None else weights[1]()
     counts = np.zeros(size * n_cells, dtype=np.int64)
     sums = None if w_all is None else np.zeros(size * n_cells, dtype=np.float64)
-    buf = np.empty(min(frame.n, codes.CHUNK), dtype=np.int32)
-    for a in range(0, frame.n, codes.CHUNK):
-        b = min(frame.n, a + codes.CHUNK)
+    # Rows per step: a step's bincount walks the whole table, so at least a quarter
+    # of the table's size (small frames with wide tables take one step).
+    step = max(codes.CHUNK, size * n_cells // 4)
+    buf = np.empty(min(frame.n, step), dtype=np.int32)
+    for a in range(0, frame.n, step):
+        b = min(frame.n, a + step)
         cell = codes.sum_parts([Lut(p.table, p.codes[a:b]) for p in fixed], b - a, buf[: b - a])
         rank = np.arange(a, b) - frame.starts[frame.unit_of_row[a:b]]
         cell[rank >= cap] = OUT  # late rows are decided per query

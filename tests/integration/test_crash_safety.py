@@ -21,14 +21,21 @@ from tessera import audit, config
 from tessera.node.config import DatasetConfig, NodeConfig, PrivacyConfig
 from tests.support import federation as fedlib
 
+_NODE = (sys.executable, "-X", "faulthandler", "-m", "tessera.node.main")
+
 
 def _start(cfg_path: Path) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tessera.node.main", "--config", str(cfg_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    # faulthandler: a node that does not stop is made to print every thread's stack
+    # (to its log file, read by `_reap`) before the test fails.
+    log = cfg_path.with_suffix(f".{len(list(cfg_path.parent.glob('*.stderr')))}.stderr")
+    with log.open("w") as err:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [*_NODE, "--config", str(cfg_path)],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    proc.log_path = log  # type: ignore[attr-defined]
     assert proc.stdout is not None
     line = proc.stdout.readline()  # the ready line: no sleeping
     assert line, "node exited before it was ready"
@@ -36,9 +43,16 @@ def _start(cfg_path: Path) -> tuple[subprocess.Popen[str], int]:
 
 
 def _reap(proc: subprocess.Popen[str]) -> None:
-    proc.wait(timeout=30)
-    if proc.stdout is not None:
-        proc.stdout.close()
+    try:
+        proc.wait(timeout=90)  # a stopping node may wait up to 60 s for a frame build
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # faulthandler prints the stacks
+        proc.wait(timeout=30)
+        stacks = proc.log_path.read_text()[-6000:]  # type: ignore[attr-defined]
+        pytest.fail(f"the node did not stop; its threads:\n{stacks}")
+    finally:
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def _spent(fed: fedlib.Federation, port: int) -> float:
