@@ -227,7 +227,8 @@ class Run:
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 2) if a is not None and b else None
+    # Three places: a target is judged on this figure, and two would round 0.795 up.
+    return round(a / b, 3) if a is not None and b else None
 
 
 def headline(details: dict[str, Any]) -> dict[str, Any]:

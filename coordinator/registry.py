@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from tessera.clock import Clock, isoformat
@@ -23,7 +24,15 @@ class _Entry:
     cfg: NodeConfig
     datasets: tuple[str, ...]
     health: str = UNKNOWN
-    detail: str = "not called yet"
+    # The last call: when, and how it went (written out when asked, not per call).
+    last: tuple[datetime, str, str] | None = None
+
+    @property
+    def detail(self) -> str:
+        if self.last is None:
+            return "not called yet"
+        when, status, message = self.last
+        return f"last call {isoformat(when)}: {status}" + (f" ({message})" if message else "")
 
 
 class Registry:
@@ -79,13 +88,13 @@ class Registry:
         self._set(o.organisation, health, o.status, o.message)
 
     def _set(self, organisation: str, health: str, status: str, message: str) -> None:
-        when = isoformat(self._clock.now())
+        when = self._clock.now()
         with self._lock:
             e = self._entries.get(organisation)
             if e is None:
                 return
             e.health = health
-            e.detail = f"last call {when}: {status}" + (f" ({message})" if message else "")
+            e.last = (when, status, message)
 
     def statuses(self) -> list[NodeStatus]:
         with self._lock:
