@@ -4,6 +4,7 @@ duplicate id among them is a Conflict for that one call only."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from datetime import UTC, datetime
@@ -64,3 +65,26 @@ def test_concurrent_queries_are_each_committed_when_their_call_returns(tmp_path:
     store.close()
     result = audit.verify(path, KEY.public)
     assert result.ok and result.entries == 2 * (n - 1)
+
+
+def _head_seq(path: Path) -> int:
+    return int(json.loads(audit.default_head_path(path).read_text())["seq"])
+
+
+def test_a_query_start_moves_no_head_and_its_result_covers_it(tmp_path: Path) -> None:
+    """The start commits without its fsync and leaves the signed head where it was
+    (nothing has been released); the result's durable commit moves the head past both
+    entries, and the log verifies at every step."""
+    path = tmp_path / "c.sqlite"
+    store = Store(path, KEY, CLOCK, threshold=2)
+    store.finish_query("none", "released", _result("none"), _body("a first durable write"))
+    before = _head_seq(path)
+    store.begin_query(_query("q-1"), _body("routed"))
+    assert _state(path, "q-1") == "running"  # committed, though not fsynced
+    assert _head_seq(path) == before
+    assert audit.verify(path, KEY.public).ok
+    store.finish_query("q-1", "released", _result("q-1"), _body("released"))
+    assert _head_seq(path) == before + 2
+    store.close()
+    result = audit.verify(path, KEY.public)
+    assert result.ok and result.entries == before + 2
