@@ -48,8 +48,10 @@ WeightsOf = tuple[Any, Callable[[], Weights]]
 _MAX_ENTRIES = 1 << 20
 # Units with more records than this are decided row by row (`_Big`), not rank by rank.
 _LEVELS = 32
-# Tables kept per frame.
+# Tables kept per frame: at most this many, holding at most _KEPT_BYTES between them
+# (the newest is kept whatever its size; a table evicted is made again when asked).
 _KEPT = 4
+_KEPT_BYTES = 64 << 20
 _LOCK = threading.Lock()
 
 
@@ -84,6 +86,18 @@ class _Table:
     sums: Floats | None
     ranks: _Ranks | None
     big: _Big | None
+
+    @property
+    def nbytes(self) -> int:
+        arrays: list[Any] = [self.counts, self.sums]
+        for part in (self.ranks, self.big):
+            if part is not None:
+                arrays += [
+                    getattr(part, f)
+                    for f in ("codes", "cells", "weights", "head", "late")
+                    if hasattr(part, f)
+                ]
+        return sum(a.nbytes for a in arrays if a is not None)
 
 
 def answer(
@@ -205,10 +219,15 @@ def _kept(frame: Frame, key: Any, make: Callable[[], _Table]) -> _Table:
     if got is not None:
         return got
     made = memory.released(make())
-    with _LOCK:  # the oldest goes first
-        while key not in kept and len(kept) >= _KEPT:
+    with _LOCK:  # the oldest go first
+        if key in kept:
+            return kept[key]
+        kept[key] = made
+        while len(kept) > 1 and (
+            len(kept) > _KEPT or sum(t.nbytes for t in kept.values()) > _KEPT_BYTES
+        ):
             del kept[next(iter(kept))]
-        return kept.setdefault(key, made)
+        return made
 
 
 # -- making a table -------------------------------------------------------------------

@@ -144,7 +144,15 @@ CAPPED = [Ed("9434765919", date(2020, 1, 1 + i), i % 4, CODES[i % 3], True) for 
 def test_the_cap_follows_the_period_asked(kind: str, levels: int) -> None:
     """One unit with nine records: which three count depends on the period, so the
     late rows are decided per query, rank by rank or (more than `levels`) row by row."""
-    stat: dict[str, Any] = {"kind": kind, "max_records_per_unit": 3}
+    t = _from_a_date(kind, 3)
+    asked = [{"start": date(2020, 1, k).isoformat()} for k in (1, 3, 6, 8, 10)]
+    frame = _check_many(CAPPED, t, asked, 1 << 16, levels)
+    assert frame.cached(("cubes",), dict)
+
+
+def _from_a_date(kind: str, cap: int) -> Template:
+    """Records from a date the analyst gives to the end of 2020, capped at `cap`."""
+    stat: dict[str, Any] = {"kind": kind, "max_records_per_unit": cap}
     if kind != "count_records":
         stat.update(column="age_years", lower=0, upper=5)
     params = {
@@ -159,10 +167,35 @@ def test_the_cap_follows_the_period_asked(kind: str, levels: int) -> None:
         parameters=params,
         purpose="service_planning",
     )
-    t = parse_or_skip(d)
-    asked = [{"start": date(2020, 1, k).isoformat()} for k in (1, 3, 6, 8, 10)]
-    frame = _check_many(CAPPED, t, asked, 1 << 16, levels)
-    assert frame.cached(("cubes",), dict)
+    return parse_or_skip(d)
+
+
+def test_the_tables_kept_are_bounded_in_number_and_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each cap is a table of its own; a frame keeps the newest few, within a byte
+    budget, and one evicted is made again (the same answers) when asked."""
+    raw = {"start": "2020-01-03"}
+    with tempfile.TemporaryDirectory(dir=SCRATCH) as d:
+        db = write_db(
+            Path(d) / "health.duckdb", "health", {"ed_attendances": [r._asdict() for r in CAPPED]}
+        )
+        frame, con = _frame_and_con(db, _from_a_date("count_records", 1))
+        con.close()
+        first = execute.run(
+            frame,
+            _from_a_date("count_records", 1),
+            bind(_from_a_date("count_records", 1), raw),
+            exclude_opted_out=True,
+        )
+        for cap in range(2, 7):
+            t = _from_a_date("count_records", cap)
+            execute.run(frame, t, bind(t, raw), exclude_opted_out=True)
+        assert len(frame.cached(("cubes",), dict)) == cube._KEPT
+        monkeypatch.setattr(cube, "_KEPT_BYTES", 1)
+        t1 = _from_a_date("count_records", 1)
+        again = execute.run(frame, t1, bind(t1, raw), exclude_opted_out=True)
+        assert len(frame.cached(("cubes",), dict)) == 1  # the newest, whatever its size
+        assert first is not None and again is not None
+        assert_vectors_equal(again, first)
 
 
 def test_a_table_too_wide_for_its_frame_is_not_made() -> None:
