@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,8 @@ WeightsOf = tuple[Any, Callable[[], Weights]]
 _MAX_ENTRIES = 1 << 20
 # Units with more records than this are decided row by row (`_Big`), not rank by rank.
 _LEVELS = 32
+# Codes are uint16, with one value kept for "a fixed part fails": tables narrower.
+_MAX_CODES = int(np.iinfo(np.uint16).max)
 # Tables kept per frame: at most this many, holding at most _KEPT_BYTES between them
 # (the newest is kept whatever its size; a table evicted is made again when asked).
 _KEPT = 4
@@ -89,15 +91,13 @@ class _Table:
 
     @property
     def nbytes(self) -> int:
-        arrays: list[Any] = [self.counts, self.sums]
-        for part in (self.ranks, self.big):
-            if part is not None:
-                arrays += [
-                    getattr(part, f)
-                    for f in ("codes", "cells", "weights", "head", "late")
-                    if hasattr(part, f)
-                ]
-        return sum(a.nbytes for a in arrays if a is not None)
+        return _nbytes(self) + sum(_nbytes(p) for p in (self.ranks, self.big) if p is not None)
+
+
+def _nbytes(held: Any) -> int:
+    """The bytes of a dataclass's numpy arrays."""
+    values = (getattr(held, f.name) for f in fields(held))
+    return sum(v.nbytes for v in values if isinstance(v, np.ndarray))
 
 
 def answer(
@@ -115,7 +115,7 @@ def answer(
     if (
         varying.key is None
         or any(p.key is None for p in fixed)
-        or size >= _LEVELS_MAX_CODE
+        or size >= _MAX_CODES
         or (size + 1) * n_cells > _MAX_ENTRIES
         or not np.isin(varying.table, np.array([0, OUT], dtype=np.int32)).all()
     ):
@@ -145,10 +145,6 @@ def answer(
         if sums is not None and more_sums is not None:
             sums += more_sums
     return counts, sums
-
-
-# Codes are uint16 with one value kept for "a fixed part fails".
-_LEVELS_MAX_CODE = np.iinfo(np.uint16).max
 
 
 class _Test:
@@ -185,12 +181,11 @@ def _by_rank(t: _Ranks, test: _Test, cap: int, n_cells: int) -> tuple[Ints, Floa
             np.less(seen[:n], cap, out=under[:n])
             under[:n] &= passed
             keep = np.flatnonzero(under[:n])
-            counts += np.bincount(t.cells[late_at : late_at + n][keep], minlength=n_cells)
+            cells = t.cells[late_at : late_at + n][keep]
+            counts += np.bincount(cells, minlength=n_cells)
             if sums is not None and t.weights is not None:
                 w = t.weights[late_at : late_at + n][keep]
-                sums += np.bincount(
-                    t.cells[late_at : late_at + n][keep], weights=w, minlength=n_cells
-                )
+                sums += np.bincount(cells, weights=w, minlength=n_cells)
             late_at += n
         seen[:n] += passed
     return counts, sums
@@ -277,11 +272,12 @@ def _make(
         if sums is not None and w_all is not None:
             w = _gathered(w_all, slice(a, b))[keep]
             sums += np.bincount(at, weights=w, minlength=size * n_cells)
+    sizes = frame.counts
     return _Table(
         _prefix(counts.reshape(size, n_cells)),
         None if sums is None else _prefix(sums.reshape(size, n_cells)),
-        _ranks(frame, fixed, varying, cap, w_all),
-        _big(frame, fixed, varying, cap, w_all),
+        _ranks(frame, sizes, fixed, varying, cap, w_all),
+        _big(frame, sizes, fixed, varying, cap, w_all),
     )
 
 
@@ -292,9 +288,13 @@ def _prefix(by_code: npt.NDArray[Any]) -> npt.NDArray[Any]:
 
 
 def _ranks(
-    frame: Frame, fixed: list[Lut], varying: Lut, cap: int, w_all: Weights | None
+    frame: Frame,
+    sizes: npt.NDArray[np.int32],
+    fixed: list[Lut],
+    varying: Lut,
+    cap: int,
+    w_all: Weights | None,
 ) -> _Ranks | None:
-    sizes = frame.counts
     units = np.flatnonzero((sizes > cap) & (sizes <= _LEVELS))
     if not len(units):
         return None
@@ -304,19 +304,23 @@ def _ranks(
     starts = frame.starts[units].astype(np.intp)
     rows = np.concatenate([starts[:w] + j for j, w in enumerate(widths)])
     code, cell = _at(fixed, varying, rows)
-    late = rows[sum(widths[:cap]) :]
+    early = sum(widths[:cap])  # rows of ranks below the cap, which the table counted
     return _Ranks(
         code,
         widths,
-        np.ascontiguousarray(cell[sum(widths[:cap]) :]),
-        None if w_all is None else _gathered(w_all, late),
+        np.ascontiguousarray(cell[early:]),
+        None if w_all is None else _gathered(w_all, rows[early:]),
     )
 
 
 def _big(
-    frame: Frame, fixed: list[Lut], varying: Lut, cap: int, w_all: Weights | None
+    frame: Frame,
+    sizes: npt.NDArray[np.int32],
+    fixed: list[Lut],
+    varying: Lut,
+    cap: int,
+    w_all: Weights | None,
 ) -> _Big | None:
-    sizes = frame.counts
     units = np.flatnonzero(sizes > max(cap, _LEVELS))
     if not len(units):
         return None
