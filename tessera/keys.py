@@ -64,8 +64,6 @@ class PublicKey:
         return cls(raw)
 
     def verify(self, domain: bytes, message: bytes, signature: bytes) -> bool:
-        if len(signature) != 64:
-            return False
         try:
             _public_key(self.raw).verify(domain + message, signature)
         except (nacl.exceptions.CryptoError, ValueError, TypeError):
